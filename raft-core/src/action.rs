@@ -1,0 +1,124 @@
+//! What the core asks its driver to do.
+
+use crate::error::ReadError;
+use raft_proto::{Entry, HardState, LogIndex, Message, NodeId, ReadId};
+
+/// One thing the driver must carry out, in the order [`Raft::poll_action`]
+/// (crate::Raft::poll_action) returns them.
+///
+/// # The ordering contract
+///
+/// **Carrying out actions strictly in order is always correct.** In particular:
+///
+/// - a [`Action::Persist`] must be durable before any action queued after it is carried
+///   out. The core places a vote grant or an append acknowledgement after the
+///   `Persist` it depends on, so "persist before you answer" (paper Figure 2) holds;
+/// - a leader's appends to its followers are queued *before* the `Persist` of the same
+///   entries, so a driver may send them while its own write is in flight (paper
+///   §10.2.1); the leader counts itself toward a quorum only after
+///   [`Raft::persisted`](crate::Raft::persisted) acknowledges the write;
+/// - [`Action::Apply`] carries only committed entries, in log order, each exactly once.
+///
+/// A driver may overlap work as long as it keeps these dependencies: everything up to
+/// the first `Persist` can go at once, and the `Send`s after a `Persist` wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to `to`. Delivery may fail, duplicate or reorder; Raft copes.
+    Send {
+        /// The receiver.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Make this batch durable (one write: group commit), then, if it holds entries,
+    /// call [`Raft::persisted`](crate::Raft::persisted) with the last entry's id.
+    Persist(Persist),
+    /// Apply these committed entries to the state machine, in order, then call
+    /// [`Raft::applied`](crate::Raft::applied) with the last index (acknowledgements
+    /// may be batched).
+    Apply(Vec<Entry>),
+    /// The linearizable read `id` may now be served from the state machine: it has
+    /// applied everything up to the read index `index`.
+    ReadReady {
+        /// The caller's id for the read.
+        id: ReadId,
+        /// The read index.
+        index: LogIndex,
+    },
+    /// The read `id` cannot be confirmed (leadership was lost); retry elsewhere.
+    ReadFailed {
+        /// The caller's id for the read.
+        id: ReadId,
+        /// Why.
+        error: ReadError,
+    },
+}
+
+/// One durable write: the hard state and log changes that must land together.
+///
+/// Apply in this order: remove the entries from `truncate_from` on (if set), append
+/// `entries`, store `hard_state` (if set); make it all durable with one sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persist {
+    /// The new term and vote, if they changed.
+    pub hard_state: Option<HardState>,
+    /// Remove every stored entry with this index or later before appending.
+    pub truncate_from: Option<LogIndex>,
+    /// Entries to append after the (possibly truncated) end of the stored log.
+    pub entries: Vec<Entry>,
+}
+
+impl Persist {
+    /// Folds a later write into this one so both land in one sync, with the same
+    /// effect as applying `self` then `later`.
+    pub(crate) fn merge(&mut self, later: Persist) {
+        if let Some(hs) = later.hard_state {
+            self.hard_state = Some(hs);
+        }
+        if let Some(t) = later.truncate_from {
+            self.entries.retain(|e| e.log_id.index < t);
+            self.truncate_from = Some(self.truncate_from.map_or(t, |t0| t0.min(t)));
+        }
+        self.entries.extend(later.entries);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_proto::{EntryPayload, LogId, Term};
+
+    fn e(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(Term(term), LogIndex(index)),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_effect_of_two_writes_in_order() {
+        let mut a = Persist {
+            hard_state: None,
+            truncate_from: None,
+            entries: vec![e(1, 5), e(1, 6), e(1, 7)],
+        };
+        a.merge(Persist {
+            hard_state: Some(HardState {
+                term: Term(2),
+                voted_for: None,
+            }),
+            truncate_from: Some(LogIndex(6)),
+            entries: vec![e(2, 6)],
+        });
+        assert_eq!(a.entries, vec![e(1, 5), e(2, 6)]);
+        assert_eq!(a.truncate_from, Some(LogIndex(6)));
+        assert_eq!(a.hard_state.map(|h| h.term), Some(Term(2)));
+        a.merge(Persist {
+            hard_state: None,
+            truncate_from: Some(LogIndex(4)),
+            entries: vec![e(3, 4)],
+        });
+        assert_eq!(a.entries, vec![e(3, 4)]);
+        assert_eq!(a.truncate_from, Some(LogIndex(4)));
+    }
+}

@@ -1,0 +1,103 @@
+//! Static configuration of one [`Raft`](crate::Raft) node.
+
+use raft_proto::NodeId;
+
+/// How one node behaves. Times are in logical ticks: the driver calls
+/// [`Raft::tick`](crate::Raft::tick) at a fixed interval (e.g. every 10 ms).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// The minimum election timeout, in ticks. A follower that hears nothing from a
+    /// leader for a random time in `[election_ticks, 2 * election_ticks)` campaigns.
+    pub election_ticks: u32,
+    /// Ticks between leader heartbeats; must be below `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Run a PreVote round before incrementing the term (dissertation §9.6), so a node
+    /// that cannot win never disrupts the cluster.
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an election
+    /// timeout, and voters ignore elections while they hear from a live leader
+    /// (dissertation §6.2 and §4.2.3).
+    pub check_quorum: bool,
+    /// The most entries one AppendEntries carries.
+    pub max_entries_per_append: usize,
+    /// The most payload bytes one AppendEntries carries (at least one entry is always
+    /// sent, whatever its size).
+    pub max_append_bytes: usize,
+    /// The most AppendEntries in flight to one follower in the pipelined state.
+    pub max_inflight_appends: usize,
+    /// The most payload bytes in flight to one follower in the pipelined state.
+    pub max_inflight_bytes: usize,
+    /// Seed of the node's random number generator (election timeouts). Give every node
+    /// a different seed; the simulator derives them from its own seed.
+    pub rng_seed: u64,
+}
+
+impl Config {
+    /// A configuration with the defaults: 10 election ticks, heartbeat every tick,
+    /// PreVote and CheckQuorum on.
+    pub fn new(id: NodeId) -> Config {
+        Config {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_append: 1024,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 64,
+            max_inflight_bytes: 32 << 20,
+            rng_seed: id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED,
+        }
+    }
+
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.election_ticks < 2 {
+            return Err(ConfigError::ElectionTicksTooSmall(self.election_ticks));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(ConfigError::HeartbeatNotBelowElection {
+                heartbeat_ticks: self.heartbeat_ticks,
+                election_ticks: self.election_ticks,
+            });
+        }
+        if self.max_entries_per_append == 0 {
+            return Err(ConfigError::Zero("max_entries_per_append"));
+        }
+        if self.max_append_bytes == 0 {
+            return Err(ConfigError::Zero("max_append_bytes"));
+        }
+        if self.max_inflight_appends == 0 {
+            return Err(ConfigError::Zero("max_inflight_appends"));
+        }
+        if self.max_inflight_bytes == 0 {
+            return Err(ConfigError::Zero("max_inflight_bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `election_ticks` must be at least 2.
+    #[error("election_ticks is {0}; it must be at least 2")]
+    ElectionTicksTooSmall(u32),
+    /// `heartbeat_ticks` must be positive and below `election_ticks`.
+    #[error(
+        "heartbeat_ticks is {heartbeat_ticks} and election_ticks is {election_ticks}; \
+         heartbeats must come more often than elections (0 < heartbeat_ticks < election_ticks)"
+    )]
+    HeartbeatNotBelowElection {
+        /// The configured heartbeat interval.
+        heartbeat_ticks: u32,
+        /// The configured election timeout.
+        election_ticks: u32,
+    },
+    /// A limit that must be positive is zero.
+    #[error("{0} is 0; it must be at least 1")]
+    Zero(&'static str),
+}

@@ -1,0 +1,97 @@
+//! One error enum per operation. Not being the leader is an ordinary answer, returned
+//! as a value with a hint of who leads.
+
+use raft_proto::{LogIndex, NodeId, Term};
+
+/// This node is not the leader; `leader_hint` is who it believes leads, if anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not the leader (leader hint: {leader_hint:?})")]
+pub struct NotLeader {
+    /// The leader this node last heard from in its current term, if any.
+    pub leader_hint: Option<NodeId>,
+}
+
+/// Why [`Raft::propose`](crate::Raft::propose) refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; retry at `leader_hint`.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// Leadership is being transferred to `to`; proposals pause until it ends.
+    #[error("leadership transfer to node {to} in progress; retry shortly")]
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+}
+
+/// Why [`Raft::read_index`](crate::Raft::read_index) could not start a read, or why a
+/// started read failed ([`Action::ReadFailed`](crate::Action::ReadFailed)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No leader is known, or leadership was lost before the read was confirmed.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+}
+
+/// Why [`Raft::transfer_leader`](crate::Raft::transfer_leader) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Only the leader can transfer leadership.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The target is not a voter of the current configuration.
+    #[error("node {0} is not a voter; only voters can lead")]
+    NotAVoter(NodeId),
+}
+
+/// Why [`Raft::new`](crate::Raft::new) refused the restored state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::ConfigError),
+    /// Restored entries do not follow each other (or the snapshot) without a gap.
+    #[error("restored log is not contiguous: expected index {expected}, found {found}")]
+    LogGap {
+        /// The index that should have come next.
+        expected: LogIndex,
+        /// The index found.
+        found: LogIndex,
+    },
+    /// Restored entries' terms decrease somewhere.
+    #[error("restored log has decreasing terms at index {index}")]
+    TermsDecrease {
+        /// Where the term goes down.
+        index: LogIndex,
+    },
+    /// The hard state's term is older than the log's last term.
+    #[error("hard state term {hard_state} is older than the last log term {log}")]
+    TermBehindLog {
+        /// The hard state's term.
+        hard_state: Term,
+        /// The last entry's term.
+        log: Term,
+    },
+    /// The state machine claims to have applied entries the log does not hold.
+    #[error("applied index {applied} is beyond the last log index {last}")]
+    AppliedBeyondLog {
+        /// The state machine's applied index.
+        applied: LogIndex,
+        /// The log's last index.
+        last: LogIndex,
+    },
+    /// The state machine is behind the snapshot the log starts after, so the entries
+    /// it still needs are gone; install the snapshot into the state machine first.
+    #[error("applied index {applied} is behind the snapshot index {snapshot}")]
+    AppliedBehindSnapshot {
+        /// The state machine's applied index.
+        applied: LogIndex,
+        /// The last index the snapshot covers.
+        snapshot: LogIndex,
+    },
+}

@@ -1,0 +1,66 @@
+//! The Raft consensus algorithm as a deterministic, sans-IO state machine.
+//!
+//! [`Raft`] holds one node's state. It never reads a clock, never does I/O and never
+//! spawns: time comes in as [`Raft::tick`], messages as [`Raft::step`], client work as
+//! [`Raft::propose`] and [`Raft::read_index`], and everything the node needs done comes
+//! out as [`Action`]s. The same code runs under the deterministic simulator and under
+//! a real async driver.
+//!
+//! # The main loop
+//!
+//! ```no_run
+//! # use raft_core::{Action, Raft};
+//! # fn io(raft: &mut Raft) {
+//! # let (persist, send, apply, read_ready) = (|_| (), |_, _| (), |_| (), |_, _| ());
+//! // After every input (tick, step, propose, read_index, persisted, applied):
+//! while let Some(action) = raft.poll_action() {
+//!     match action {
+//!         Action::Send { to, message } => send(to, message),
+//!         Action::Persist(batch) => {
+//!             let last = batch.entries.last().map(|e| e.log_id);
+//!             persist(batch); // durable (fsync) before the next action
+//!             if let Some(last) = last {
+//!                 raft.persisted(last);
+//!             }
+//!         }
+//!         Action::Apply(entries) => {
+//!             let last = entries.last().map(|e| e.log_id.index);
+//!             apply(entries);
+//!             if let Some(last) = last {
+//!                 raft.applied(last);
+//!             }
+//!         }
+//!         Action::ReadReady { id, index } => read_ready(id, index),
+//!         Action::ReadFailed { id, error } => { /* tell the reader to retry */ }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! What is implemented (paper and dissertation sections): elections with randomized
+//! timeouts and the up-to-date rule (§5.2, §5.4.1); PreVote (§9.6) and CheckQuorum with
+//! the leader lease on votes (§6.2, §4.2.3); AppendEntries with the consistency check,
+//! conflict truncation and a fast back-off hint (§5.3); pipelined replication with
+//! per-follower flow control; commitment by counting current-term replicas (§5.4.2)
+//! with a blank entry per term (§8); ReadIndex reads, forwarded by followers (§6.4);
+//! leadership transfer (§3.10).
+
+mod action;
+mod config;
+mod election;
+mod error;
+mod log;
+mod progress;
+mod raft;
+mod read;
+mod replication;
+mod rng;
+mod transfer;
+
+pub use action::{Action, Persist};
+pub use config::{Config, ConfigError};
+pub use error::{InitError, NotLeader, ProposeError, ReadError, TransferError};
+pub use log::RaftLog;
+pub use progress::{Progress, ProgressState};
+pub use raft::{Raft, Restore, Role, Status};
+pub use raft_proto;

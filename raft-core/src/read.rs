@@ -1,0 +1,232 @@
+//! Linearizable reads with ReadIndex (dissertation §6.4).
+//!
+//! The leader records its commit index as the read index, confirms with one round of
+//! heartbeats that it still leads, and releases the read once the state machine has
+//! applied up to the read index. Rounds: every append carries the leader's current
+//! `round`; a read registered while no new round is open opens round `r + 1`, which the
+//! next flush sends to every follower. A read of round `r` is confirmed when a quorum
+//! of voters has acknowledged an append of round `r` or later: such appends left the
+//! leader after the read arrived, so the quorum still recognised it as leader then.
+
+use crate::action::Action;
+use crate::error::{NotLeader, ReadError};
+use crate::raft::{Raft, RoleState};
+use raft_proto::{
+    LogIndex, Message, NodeId, ReadId, ReadIndexRequest, ReadIndexResponse, ReadIndexResult,
+};
+use std::collections::VecDeque;
+
+/// Who asked for a read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReadOrigin {
+    /// This node's driver.
+    Local(ReadId),
+    /// A follower that forwarded its client's read.
+    Remote { from: NodeId, id: ReadId },
+}
+
+#[derive(Debug)]
+pub(crate) struct PendingRead {
+    round: u64,
+    index: LogIndex,
+    origin: ReadOrigin,
+}
+
+/// The leader's reads in flight.
+#[derive(Debug, Default)]
+pub(crate) struct ReadState {
+    /// Reads that arrived before the leader committed an entry of its term: until
+    /// then it does not know the commit index (§6.4 step 1).
+    awaiting_commit: Vec<ReadOrigin>,
+    /// Reads waiting for a quorum to acknowledge their round, in round order.
+    awaiting_quorum: VecDeque<PendingRead>,
+    /// A round was opened for reads and has not been sent yet.
+    pub(crate) round_open: bool,
+}
+
+impl Raft {
+    pub(crate) fn start_read(&mut self, id: ReadId) -> Result<(), ReadError> {
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader_read(ReadOrigin::Local(id));
+            return Ok(());
+        }
+        match self.leader {
+            Some(leader) => {
+                self.send(leader, Message::ReadIndexRequest(ReadIndexRequest { id }));
+                Ok(())
+            }
+            None => Err(self.not_leader().into()),
+        }
+    }
+
+    pub(crate) fn handle_read_request(&mut self, from: NodeId, m: ReadIndexRequest) {
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader_read(ReadOrigin::Remote { from, id: m.id });
+        } else {
+            let leader_hint = self.not_leader().leader_hint;
+            self.send(
+                from,
+                Message::ReadIndexResponse(ReadIndexResponse {
+                    id: m.id,
+                    result: ReadIndexResult::NotLeader { leader_hint },
+                }),
+            );
+        }
+    }
+
+    pub(crate) fn handle_read_response(&mut self, m: ReadIndexResponse) {
+        match m.result {
+            ReadIndexResult::Ready { index } => {
+                self.ready_reads.push((index, m.id));
+                self.release_ready_reads();
+            }
+            ReadIndexResult::NotLeader { leader_hint } => self.push_action(Action::ReadFailed {
+                id: m.id,
+                error: ReadError::NotLeader(NotLeader { leader_hint }),
+            }),
+        }
+    }
+
+    fn leader_read(&mut self, origin: ReadOrigin) {
+        let committed = self.log.committed();
+        let in_term = self.log.term(committed) == Some(self.hard_state.term);
+        let solo = self.membership.voters.len() == 1 && self.is_voter();
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if !in_term {
+            l.reads.awaiting_commit.push(origin);
+            return;
+        }
+        if solo {
+            self.read_confirmed(origin, committed);
+            return;
+        }
+        if !l.reads.round_open {
+            l.round += 1;
+            l.reads.round_open = true;
+            l.heartbeat_due = true;
+        }
+        l.reads.awaiting_quorum.push_back(PendingRead {
+            round: l.round,
+            index: committed,
+            origin,
+        });
+    }
+
+    /// Called when the leader's commit index moves: followers hear of it at the next
+    /// flush (an empty append for those with nothing new), and reads held until the
+    /// leader's first commit in its term can now be registered.
+    pub(crate) fn on_leader_commit(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.heartbeat_due = true;
+        if l.reads.awaiting_commit.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut l.reads.awaiting_commit);
+        for origin in waiting {
+            self.leader_read(origin);
+        }
+    }
+
+    /// Releases every read whose round a quorum of voters has acknowledged.
+    pub(crate) fn confirm_reads(&mut self) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if l.reads.awaiting_quorum.is_empty() {
+            return;
+        }
+        let mut rounds: Vec<u64> = self
+            .membership
+            .voters
+            .iter()
+            .map(|&v| {
+                if v == self.id {
+                    u64::MAX
+                } else {
+                    l.progress.get(&v).map_or(0, |p| p.acked_round)
+                }
+            })
+            .collect();
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&quorum_round) = rounds.get(self.membership.quorum() - 1) else {
+            return;
+        };
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let mut confirmed = Vec::new();
+        while l
+            .reads
+            .awaiting_quorum
+            .front()
+            .is_some_and(|r| r.round <= quorum_round)
+        {
+            confirmed.extend(l.reads.awaiting_quorum.pop_front());
+        }
+        for r in confirmed {
+            self.read_confirmed(r.origin, r.index);
+        }
+    }
+
+    fn read_confirmed(&mut self, origin: ReadOrigin, index: LogIndex) {
+        match origin {
+            ReadOrigin::Local(id) => {
+                self.ready_reads.push((index, id));
+                self.release_ready_reads();
+            }
+            ReadOrigin::Remote { from, id } => self.send(
+                from,
+                Message::ReadIndexResponse(ReadIndexResponse {
+                    id,
+                    result: ReadIndexResult::Ready { index },
+                }),
+            ),
+        }
+    }
+
+    /// Emits `ReadReady` for confirmed reads whose index the state machine reached.
+    pub(crate) fn release_ready_reads(&mut self) {
+        if self.ready_reads.is_empty() {
+            return;
+        }
+        let applied = self.log.applied();
+        let mut reads = std::mem::take(&mut self.ready_reads);
+        reads.retain(|&(index, id)| {
+            let ready = index <= applied;
+            if ready {
+                self.push_action(Action::ReadReady { id, index });
+            }
+            !ready
+        });
+        self.ready_reads = reads;
+    }
+
+    /// Fails every read a former leader had not confirmed.
+    pub(crate) fn fail_leader_reads(&mut self, reads: &mut ReadState, hint: NotLeader) {
+        let pending = reads
+            .awaiting_commit
+            .drain(..)
+            .chain(reads.awaiting_quorum.drain(..).map(|r| r.origin));
+        for origin in pending.collect::<Vec<_>>() {
+            match origin {
+                ReadOrigin::Local(id) => self.push_action(Action::ReadFailed {
+                    id,
+                    error: hint.into(),
+                }),
+                ReadOrigin::Remote { from, id } => self.send(
+                    from,
+                    Message::ReadIndexResponse(ReadIndexResponse {
+                        id,
+                        result: ReadIndexResult::NotLeader {
+                            leader_hint: hint.leader_hint,
+                        },
+                    }),
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Leadership transfer (dissertation §3.10): the leader brings the target's log up to
+//! date, then tells it to campaign at once with TimeoutNow. Proposals pause meanwhile;
+//! the transfer is abandoned after an election timeout.
+
+use crate::error::TransferError;
+use crate::raft::{Raft, RoleState, Transfer};
+use raft_proto::{Message, NodeId, TimeoutNow};
+
+impl Raft {
+    /// Hands leadership to `to`. Returns once the transfer has started; it completes
+    /// when `to` wins an election, and is abandoned after an election timeout.
+    /// Transferring to this node itself is a no-op.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if !matches!(self.role, RoleState::Leader(_)) {
+            return Err(self.not_leader().into());
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.membership.is_voter(to) {
+            return Err(TransferError::NotAVoter(to));
+        }
+        if let RoleState::Leader(l) = &mut self.role {
+            tracing::info!(node = %self.id, %to, "leadership transfer started");
+            l.transfer = Some(Transfer { to, elapsed: 0 });
+        }
+        self.maybe_send_timeout_now(to);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Sends TimeoutNow to the transfer target once its log matches the leader's.
+    pub(crate) fn maybe_send_timeout_now(&mut self, peer: NodeId) {
+        let last = self.log.last_index();
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        let caught_up = l.transfer.is_some_and(|t| t.to == peer)
+            && l.progress
+                .get(&peer)
+                .is_some_and(|pr| pr.match_index == last);
+        if caught_up {
+            let term = self.hard_state.term;
+            self.send(peer, Message::TimeoutNow(TimeoutNow { term }));
+        }
+    }
+}
