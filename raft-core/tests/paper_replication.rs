@@ -1,0 +1,482 @@
+//! Paper §5.3 (log replication), §5.4.2 (committing entries from previous terms), §5.5
+//! (crashes) and §8 (the blank entry), plus the leader's batching and flow control.
+
+mod support;
+
+use raft_core::{Action, Config, Role};
+use raft_proto::{
+    AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload, LogId,
+    LogIndex, Message, NodeId, Term,
+};
+use support::{Cluster, drain, n, sends};
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: LogId::new(Term(term), LogIndex(index)),
+        payload: EntryPayload::Command(Bytes::from("x")),
+    }
+}
+
+fn append(term: u64, prev: (u64, u64), entries: &[(u64, u64)], commit: u64) -> Message {
+    Message::AppendEntries(AppendEntries {
+        term: Term(term),
+        prev_log_id: LogId::new(Term(prev.0), LogIndex(prev.1)),
+        entries: entries.iter().map(|&(t, i)| entry(t, i)).collect(),
+        leader_commit: LogIndex(commit),
+        round: 0,
+    })
+}
+
+fn only_response(c: &mut Cluster, id: NodeId) -> AppendResult {
+    let out = sends(&drain(c.raft_mut(id)));
+    match out.as_slice() {
+        [(_, Message::AppendResponse(r))] => r.result.clone(),
+        other => panic!("expected one AppendResponse, got {other:?}"),
+    }
+}
+
+fn terms(c: &Cluster, id: NodeId) -> Vec<u64> {
+    c.raft(id)
+        .log()
+        .entries()
+        .map(|e| e.log_id.term.0)
+        .collect()
+}
+
+#[test]
+fn paper_5_3_leader_appends_a_command_and_replicates_it() {
+    // "The leader appends the command to its log as a new entry, then issues
+    // AppendEntries RPCs in parallel to each of the other servers to replicate the
+    // entry. When the entry has been safely replicated, the leader applies the entry to
+    // its state machine."
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let id = c.propose(n(1), "x");
+    assert_eq!(c.raft(n(1)).log().committed(), id.index);
+    assert_eq!(c.applied_commands(n(1)), vec!["x"]);
+    for f in [n(2), n(3)] {
+        assert_eq!(c.raft(f).log().last_log_id(), id);
+    }
+}
+
+#[test]
+fn paper_5_3_entry_commits_once_a_majority_stores_it() {
+    // "A log entry is committed once the leader that created the entry has replicated
+    // it on a majority of the servers."
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(3));
+    let id = c.propose(n(1), "x");
+    assert_eq!(c.raft(n(1)).log().committed(), id.index);
+    assert!(c.raft(n(3)).log().last_index() < id.index);
+}
+
+#[test]
+fn paper_5_3_entry_does_not_commit_without_a_majority() {
+    let mut c = Cluster::new(5);
+    c.elect(n(1));
+    for id in [n(3), n(4), n(5)] {
+        c.isolate(id);
+    }
+    let before = c.raft(n(1)).log().committed();
+    let id = c.propose(n(1), "x");
+    assert_eq!(
+        c.raft(n(2)).log().last_log_id(),
+        id,
+        "the entry was replicated"
+    );
+    assert_eq!(
+        c.raft(n(1)).log().committed(),
+        before,
+        "2 of 5 is no majority"
+    );
+    assert!(c.applied_commands(n(1)).is_empty());
+}
+
+#[test]
+fn paper_5_3_followers_apply_entries_once_they_learn_they_are_committed() {
+    // "The leader keeps track of the highest index it knows to be committed, and it
+    // includes that index in future AppendEntries RPCs (including heartbeats) so that the
+    // other servers eventually find out. Once a follower learns that a log entry is
+    // committed, it applies the entry to its local state machine (in log order)."
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.propose(n(1), "a");
+    c.propose(n(1), "b");
+    c.ticks(2);
+    for id in c.ids() {
+        assert_eq!(c.applied_commands(id), vec!["a", "b"], "node {id}");
+    }
+}
+
+#[test]
+fn paper_5_3_consistency_check_rejects_a_missing_previous_entry() {
+    // "If the follower does not find an entry in its log with the same index and term,
+    // then it refuses the new entries."
+    let mut c = Cluster::with_logs(&[vec![], vec![1], vec![]], |_| {});
+    c.raft_mut(n(2)).step(n(1), append(2, (1, 3), &[(2, 4)], 0));
+    assert_eq!(
+        only_response(&mut c, n(2)),
+        AppendResult::Conflict {
+            rejected: LogIndex(3),
+            hint: ConflictHint::LastIndex(LogIndex(1))
+        }
+    );
+    assert_eq!(terms(&c, n(2)), vec![1]);
+}
+
+#[test]
+fn paper_5_3_consistency_check_rejects_a_term_mismatch_with_a_hint() {
+    // "When rejecting an AppendEntries request, the follower can include the term of the
+    // conflicting entry and the first index it stores for that term."
+    let mut c = Cluster::with_logs(&[vec![], vec![1, 2, 2, 2], vec![]], |_| {});
+    c.raft_mut(n(2)).step(n(1), append(3, (3, 4), &[], 0));
+    assert_eq!(
+        only_response(&mut c, n(2)),
+        AppendResult::Conflict {
+            rejected: LogIndex(4),
+            hint: ConflictHint::Term {
+                term: Term(2),
+                first_index: LogIndex(2)
+            }
+        }
+    );
+}
+
+#[test]
+fn paper_5_3_conflicting_suffix_is_deleted_and_replaced() {
+    // "If an existing entry conflicts with a new one (same index but different terms),
+    // delete the existing entry and all that follow it."
+    let mut c = Cluster::with_logs(&[vec![], vec![1, 1, 2, 2], vec![]], |_| {});
+    c.raft_mut(n(2)).step(n(1), append(3, (1, 2), &[(3, 3)], 0));
+    let actions = drain(c.raft_mut(n(2)));
+    // The new term, the truncation and the append land in one durable write.
+    let Action::Persist(p) = &actions[0] else {
+        panic!("expected a persist, got {actions:?}")
+    };
+    assert_eq!(p.hard_state.map(|h| h.term), Some(Term(3)));
+    assert_eq!(p.truncate_from, Some(LogIndex(3)));
+    assert_eq!(p.entries.len(), 1);
+    assert_eq!(terms(&c, n(2)), vec![1, 1, 3]);
+    assert!(matches!(
+        &actions[1],
+        Action::Send {
+            message: Message::AppendResponse(AppendResponse {
+                result: AppendResult::Success {
+                    match_index: LogIndex(3)
+                },
+                ..
+            }),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn paper_5_3_a_stale_append_never_truncates_matching_entries() {
+    // Only a *conflicting* entry is deleted: a delayed AppendEntries whose entries the
+    // follower already holds must not cut off what follows them.
+    let mut c = Cluster::with_logs(&[vec![], vec![1, 1, 1, 1], vec![]], |_| {});
+    c.raft_mut(n(2)).step(n(1), append(1, (1, 1), &[(1, 2)], 0));
+    assert_eq!(
+        only_response(&mut c, n(2)),
+        AppendResult::Success {
+            match_index: LogIndex(2)
+        }
+    );
+    assert_eq!(terms(&c, n(2)), vec![1, 1, 1, 1]);
+}
+
+#[test]
+fn paper_5_3_commit_index_on_a_follower_never_passes_what_it_verified() {
+    // "If leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of last
+    // new entry)": entries after the verified prefix may still be overwritten.
+    let mut c = Cluster::with_logs(&[vec![], vec![1, 1, 1, 1], vec![]], |_| {});
+    c.raft_mut(n(2)).step(n(1), append(2, (1, 2), &[], 10));
+    assert_eq!(c.raft(n(2)).log().committed(), LogIndex(2));
+}
+
+#[test]
+fn paper_5_3_figure_7_leader_brings_every_follower_into_agreement() {
+    // Figure 7: followers missing entries (a, b), with extra uncommitted entries (c, d),
+    // or both (e, f). "The leader handles inconsistencies by forcing the followers' logs
+    // to duplicate its own."
+    let leader = vec![1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let mut c = Cluster::with_logs(
+        &[
+            leader.clone(),
+            vec![1, 1, 1, 4, 4, 5, 5, 6, 6],
+            vec![1, 1, 1, 4],
+            vec![1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],
+            vec![1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+            vec![1, 1, 1, 4, 4, 4, 4],
+            vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],
+        ],
+        |_| {},
+    );
+    c.elect(n(1));
+    let term = c.term(n(1)).0;
+    c.ticks(3);
+    let mut expected = leader;
+    expected.push(term);
+    for id in c.ids() {
+        assert_eq!(terms(&c, id), expected, "node {id}");
+    }
+}
+
+#[test]
+fn paper_5_3_leader_never_overwrites_its_own_log() {
+    // Leader Append-Only: "a leader never overwrites or deletes entries in its own log";
+    // its uncommitted entry from an earlier term is replicated, not dropped.
+    let mut c = Cluster::with_logs(&[vec![1, 2], vec![1], vec![1]], |_| {});
+    c.elect(n(1));
+    let term = c.term(n(1)).0;
+    c.ticks(2);
+    for id in c.ids() {
+        assert_eq!(terms(&c, id), vec![1, 2, term], "node {id}");
+    }
+}
+
+#[test]
+fn paper_5_4_2_figure_8_an_old_term_entry_is_not_committed_by_counting_replicas() {
+    // "Raft never commits log entries from previous terms by counting replicas. Only log
+    // entries from the leader's current term are committed by counting replicas."
+    // Figure 8 (c): S1, leader of term 4, has the term-2 entry at index 2 on S1, S2, S3
+    // (a majority), yet it must not commit it.
+    let mut c = Cluster::with_logs(
+        &[vec![1, 2], vec![1, 2], vec![1], vec![1], vec![1, 3]],
+        |_| {},
+    );
+    for id in [n(2), n(3), n(4), n(5)] {
+        c.cut(n(1), id);
+    }
+    // S5 (last entry from term 3) would refuse S1; S1 wins with S2, S3 (and S4's
+    // pre-vote), delivered by hand so no follower answers an append.
+    while c.role(n(1)) != Role::Candidate {
+        c.raft_mut(n(1)).tick();
+        drain(c.raft_mut(n(1)));
+        if c.role(n(1)) == Role::PreCandidate {
+            for v in [n(2), n(3), n(4)] {
+                let t = c.term(n(1)).next();
+                c.raft_mut(n(1)).step(
+                    v,
+                    Message::VoteResponse(raft_proto::VoteResponse {
+                        term: t,
+                        granted: true,
+                        pre_vote: true,
+                    }),
+                );
+            }
+        }
+    }
+    let term = c.term(n(1));
+    for v in [n(2), n(3)] {
+        c.raft_mut(n(1)).step(
+            v,
+            Message::VoteResponse(raft_proto::VoteResponse {
+                term,
+                granted: true,
+                pre_vote: false,
+            }),
+        );
+    }
+    assert_eq!(c.role(n(1)), Role::Leader);
+    c.process(n(1)); // the blank entry (term, 3) is persisted on S1
+    assert_eq!(c.raft(n(1)).log().persisted(), LogIndex(3));
+    let ack = |index| {
+        Message::AppendResponse(AppendResponse {
+            term,
+            round: 0,
+            result: AppendResult::Success {
+                match_index: LogIndex(index),
+            },
+        })
+    };
+    c.step(n(2), n(1), ack(2));
+    c.step(n(3), n(1), ack(2));
+    assert_eq!(
+        c.raft(n(1)).log().committed(),
+        LogIndex(0),
+        "index 2 is on a majority but from term 2"
+    );
+    // "Once an entry from the current term has been committed in this way, then all prior
+    // entries are committed indirectly."
+    c.step(n(2), n(1), ack(3));
+    assert_eq!(
+        c.raft(n(1)).log().committed(),
+        LogIndex(0),
+        "index 3 is on 2 of 5"
+    );
+    c.step(n(3), n(1), ack(3));
+    assert_eq!(c.raft(n(1)).log().committed(), LogIndex(3));
+    assert_eq!(c.node(n(1)).applied.len(), 3);
+}
+
+#[test]
+fn paper_5_4_2_leader_counts_itself_only_once_its_own_write_is_durable() {
+    // §10.2.1 lets the leader write its log in parallel with replication, but an entry
+    // counts as stored on the leader only when the leader's write has finished.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(3));
+    c.slow_disk(n(1));
+    let id = c.raft_mut(n(1)).propose(Bytes::from("x")).expect("leader");
+    c.settle();
+    assert_eq!(
+        c.raft(n(2)).log().last_log_id(),
+        id,
+        "sent while the leader's write is in flight"
+    );
+    assert!(
+        c.raft(n(1)).log().committed() < id.index,
+        "one durable copy of three is not a majority"
+    );
+    c.release_disk(n(1));
+    assert_eq!(c.raft(n(1)).log().committed(), id.index);
+}
+
+#[test]
+fn paper_8_leader_commits_a_blank_entry_at_the_start_of_its_term() {
+    // §8: "each leader commit a blank no-op entry into the log at the start of its term."
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let last = c
+        .raft(n(1))
+        .log()
+        .entries()
+        .last()
+        .cloned()
+        .expect("an entry");
+    assert_eq!(last.payload, EntryPayload::Blank);
+    assert_eq!(last.log_id.term, c.term(n(1)));
+    assert_eq!(c.raft(n(1)).log().committed(), last.log_id.index);
+}
+
+#[test]
+fn paper_5_5_restart_keeps_term_vote_and_log_and_catches_up() {
+    // Figure 2 "Persistent state on all servers"; §5.5: "If a follower or candidate
+    // crashes ... Raft just retries indefinitely; if the crashed server restarts, then
+    // the RPC will complete successfully."
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.propose(n(1), "a");
+    c.ticks(1);
+    let before = c.raft(n(2)).status();
+    c.restart(n(2));
+    let after = c.raft(n(2)).status();
+    assert_eq!(
+        (after.term, after.voted_for, after.last_log_id),
+        (before.term, before.voted_for, before.last_log_id)
+    );
+    assert_eq!(after.role, Role::Follower);
+    c.isolate(n(3));
+    c.propose(n(1), "b");
+    c.ticks(1);
+    assert_eq!(
+        c.applied_commands(n(2)),
+        vec!["a", "b"],
+        "re-applied from the log after the restart"
+    );
+}
+
+#[test]
+fn replication_proposals_between_polls_share_one_append_and_one_persist() {
+    // Batching: commands proposed together travel in one AppendEntries per follower and
+    // land in one durable write, and the sends come before the leader's own write.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.ticks(1);
+    for i in 0..5 {
+        c.raft_mut(n(1))
+            .propose(Bytes::from(format!("c{i}").as_str()))
+            .expect("leader");
+    }
+    let actions = drain(c.raft_mut(n(1)));
+    let appends: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                message: Message::AppendEntries(m),
+                ..
+            } => Some(m.entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(appends, vec![5, 5]);
+    let persists: Vec<usize> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(p) => Some(p.entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(persists, vec![5]);
+    assert!(
+        matches!(actions.last(), Some(Action::Persist(_))),
+        "sends first, then the leader's write"
+    );
+}
+
+#[test]
+fn replication_pipeline_stops_at_the_in_flight_limit() {
+    let tune = |c: &mut Config| {
+        c.max_inflight_appends = 2;
+        c.max_entries_per_append = 1;
+    };
+    let mut c = Cluster::new_with(3, tune);
+    c.elect(n(1));
+    c.ticks(1);
+    assert!(
+        c.raft(n(1))
+            .progress(n(2))
+            .is_some_and(|p| p.state == raft_core::ProgressState::Replicate)
+    );
+    for i in 0..5 {
+        c.raft_mut(n(1))
+            .propose(Bytes::from(format!("c{i}").as_str()))
+            .expect("leader");
+        c.process(n(1));
+    }
+    let to_2 = c
+        .take_in_flight()
+        .into_iter()
+        .filter(|(_, to, _)| *to == n(2))
+        .count();
+    assert_eq!(
+        to_2, 2,
+        "two appends in flight, the rest wait for acknowledgements"
+    );
+    // Acknowledgements open the window again and everything arrives.
+    c.ticks(5);
+    assert_eq!(
+        c.raft(n(2)).log().last_index(),
+        c.raft(n(1)).log().last_index()
+    );
+}
+
+#[test]
+fn replication_lost_append_is_detected_and_resent() {
+    // Raft "retries AppendEntries RPCs indefinitely": a dropped append in the pipelined
+    // state is noticed at the next heartbeat (the follower rejects) and resent.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.ticks(1);
+    c.raft_mut(n(1))
+        .propose(Bytes::from("lost"))
+        .expect("leader");
+    let kept: Vec<_> = c
+        .take_in_flight()
+        .into_iter()
+        .filter(|(_, to, _)| *to != n(2))
+        .collect();
+    for (f, t, m) in kept {
+        c.inject(f, t, m);
+    }
+    c.settle();
+    c.raft_mut(n(1))
+        .propose(Bytes::from("after"))
+        .expect("leader");
+    c.settle();
+    c.ticks(3);
+    assert_eq!(c.applied_commands(n(2)), vec!["lost", "after"]);
+}

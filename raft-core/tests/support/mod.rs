@@ -1,0 +1,404 @@
+//! A small in-memory multi-node network for scenario tests: each node's actions are
+//! carried out strictly in order against an in-memory disk, messages wait in a queue
+//! until delivered, and links can be cut (isolate / cut / heal).
+
+#![allow(dead_code, unreachable_pub)]
+
+use raft_core::{Action, Config, Persist, Raft, ReadError, Restore, Role};
+use raft_proto::{
+    Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message, NodeId, ReadId,
+    SnapshotMeta, Term,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub fn n(id: u64) -> NodeId {
+    NodeId(id)
+}
+
+/// What a node's storage holds.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    pub hard_state: HardState,
+    pub snapshot: SnapshotMeta,
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    pub fn write(&mut self, p: &Persist) {
+        if let Some(t) = p.truncate_from {
+            self.entries.retain(|e| e.log_id.index < t);
+        }
+        if let Some(first) = p.entries.first() {
+            let expected = self
+                .entries
+                .last()
+                .map_or(self.snapshot.last_log_id.index, |e| e.log_id.index)
+                .next();
+            assert_eq!(
+                first.log_id.index, expected,
+                "persist leaves a gap in the stored log"
+            );
+        }
+        self.entries.extend(p.entries.iter().cloned());
+        if let Some(h) = p.hard_state {
+            assert!(h.term >= self.hard_state.term, "stored term goes backwards");
+            self.hard_state = h;
+        }
+    }
+
+    pub fn terms(&self) -> Vec<u64> {
+        self.entries.iter().map(|e| e.log_id.term.0).collect()
+    }
+}
+
+pub struct TestNode {
+    pub raft: Raft,
+    pub config: Config,
+    pub disk: Disk,
+    /// Entries the state machine applied, in order.
+    pub applied: Vec<Entry>,
+    pub reads_ready: Vec<(ReadId, LogIndex)>,
+    pub reads_failed: Vec<(ReadId, ReadError)>,
+    /// When false, the node's disk is "slow": a `Persist` and every action after it
+    /// wait in `stalled` until `release_disk`.
+    pub disk_fast: bool,
+    pub stalled: VecDeque<Action>,
+}
+
+impl TestNode {
+    pub fn new(config: Config, restore: Restore) -> TestNode {
+        let disk = Disk {
+            hard_state: restore.hard_state,
+            snapshot: restore.snapshot.clone(),
+            entries: restore.entries.clone(),
+        };
+        TestNode {
+            raft: Raft::new(config.clone(), restore).expect("valid test node"),
+            config,
+            disk,
+            applied: Vec::new(),
+            reads_ready: Vec::new(),
+            reads_failed: Vec::new(),
+            disk_fast: true,
+            stalled: VecDeque::new(),
+        }
+    }
+
+    pub fn commands(&self) -> Vec<Vec<u8>> {
+        self.applied
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Command(c) => Some(c.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<NodeId, TestNode>,
+    /// Messages sent and not yet delivered, in send order.
+    pub in_flight: VecDeque<(NodeId, NodeId, Message)>,
+    /// Links that drop everything: (from, to).
+    pub blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Every message delivered, in order.
+    pub delivered: Vec<(NodeId, NodeId, Message)>,
+    /// Drops every message for which it returns true.
+    pub drop_if: Option<fn(NodeId, NodeId, &Message) -> bool>,
+}
+
+impl Cluster {
+    /// `size` voters with ids 1..=size and default configuration.
+    pub fn new(size: u64) -> Cluster {
+        Cluster::new_with(size, |_| {})
+    }
+
+    /// `size` voters; `tune` adjusts each node's configuration.
+    pub fn new_with(size: u64, tune: impl Fn(&mut Config)) -> Cluster {
+        let logs = vec![Vec::new(); size as usize];
+        Cluster::with_logs(&logs, tune)
+    }
+
+    /// One voter per element of `logs`; node i+1 starts with a log whose entries have
+    /// the given terms (and a hard state at its last term).
+    pub fn with_logs(logs: &[Vec<u64>], tune: impl Fn(&mut Config)) -> Cluster {
+        let ids: Vec<NodeId> = (1..=logs.len() as u64).map(NodeId).collect();
+        let membership = Membership::voters(ids.iter().copied());
+        let mut nodes = BTreeMap::new();
+        for (i, terms) in logs.iter().enumerate() {
+            let id = ids[i];
+            let mut config = Config::new(id);
+            tune(&mut config);
+            let mut restore = Restore::bootstrap(membership.clone());
+            restore.entries = terms
+                .iter()
+                .enumerate()
+                .map(|(k, &t)| Entry {
+                    log_id: LogId::new(Term(t), LogIndex(k as u64 + 1)),
+                    payload: EntryPayload::Command(Bytes::from(format!("t{t}i{}", k + 1).as_str())),
+                })
+                .collect();
+            restore.hard_state.term = Term(terms.last().copied().unwrap_or(0));
+            nodes.insert(id, TestNode::new(config, restore));
+        }
+        Cluster {
+            nodes,
+            in_flight: VecDeque::new(),
+            blocked: BTreeSet::new(),
+            delivered: Vec::new(),
+            drop_if: None,
+        }
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn node(&self, id: NodeId) -> &TestNode {
+        &self.nodes[&id]
+    }
+
+    pub fn raft(&self, id: NodeId) -> &Raft {
+        &self.nodes[&id].raft
+    }
+
+    pub fn raft_mut(&mut self, id: NodeId) -> &mut Raft {
+        &mut self.nodes.get_mut(&id).expect("node exists").raft
+    }
+
+    pub fn role(&self, id: NodeId) -> Role {
+        self.raft(id).role()
+    }
+
+    pub fn term(&self, id: NodeId) -> Term {
+        self.raft(id).term()
+    }
+
+    /// The leader with the highest term, if any node is leader.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.raft.role() == Role::Leader)
+            .max_by_key(|n| n.raft.term())
+            .map(|n| n.raft.id())
+    }
+
+    /// Carries out `id`'s queued actions in order.
+    pub fn process(&mut self, id: NodeId) {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            let action = if !node.stalled.is_empty() && node.disk_fast {
+                node.stalled.pop_front()
+            } else {
+                node.raft.poll_action()
+            };
+            let Some(action) = action else { break };
+            if !node.disk_fast && (!node.stalled.is_empty() || matches!(action, Action::Persist(_)))
+            {
+                node.stalled.push_back(action);
+                continue;
+            }
+            self.carry_out(id, action);
+        }
+    }
+
+    fn carry_out(&mut self, id: NodeId, action: Action) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        match action {
+            Action::Send { to, message } => {
+                if !self.blocked.contains(&(id, to)) {
+                    self.in_flight.push_back((id, to, message));
+                }
+            }
+            Action::Persist(p) => {
+                node.disk.write(&p);
+                if let Some(last) = p.entries.last() {
+                    node.raft.persisted(last.log_id);
+                }
+            }
+            Action::Apply(entries) => {
+                let last = entries.last().map(|e| e.log_id.index);
+                node.applied.extend(entries);
+                if let Some(last) = last {
+                    node.raft.applied(last);
+                }
+            }
+            Action::ReadReady { id, index } => node.reads_ready.push((id, index)),
+            Action::ReadFailed { id, error } => node.reads_failed.push((id, error)),
+        }
+    }
+
+    pub fn process_all(&mut self) {
+        for id in self.ids() {
+            self.process(id);
+        }
+    }
+
+    /// Delivers the oldest message in flight (dropping it if its link is cut).
+    pub fn deliver_one(&mut self) -> bool {
+        let Some((from, to, msg)) = self.in_flight.pop_front() else {
+            return false;
+        };
+        if self.blocked.contains(&(from, to))
+            || !self.nodes.contains_key(&to)
+            || self.drop_if.is_some_and(|f| f(from, to, &msg))
+        {
+            return true;
+        }
+        self.delivered.push((from, to, msg.clone()));
+        self.raft_mut(to).step(from, msg);
+        self.process(to);
+        true
+    }
+
+    /// Carries out all actions and delivers all messages until nothing moves.
+    pub fn settle(&mut self) {
+        self.process_all();
+        let mut steps = 0;
+        while self.deliver_one() {
+            steps += 1;
+            assert!(steps < 1_000_000, "cluster does not settle");
+        }
+        self.process_all();
+    }
+
+    /// Takes every message in flight without delivering it.
+    pub fn take_in_flight(&mut self) -> Vec<(NodeId, NodeId, Message)> {
+        self.process_all();
+        self.in_flight.drain(..).collect()
+    }
+
+    /// Puts a message on the wire.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        self.in_flight.push_back((from, to, msg));
+    }
+
+    /// Steps a message into `to` directly and carries out its actions.
+    pub fn step(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        self.raft_mut(to).step(from, msg);
+        self.process(to);
+    }
+
+    /// One tick on one node, then settle.
+    pub fn tick(&mut self, id: NodeId) {
+        self.raft_mut(id).tick();
+        self.settle();
+    }
+
+    /// One tick on every node, then settle.
+    pub fn tick_all(&mut self) {
+        for id in self.ids() {
+            self.raft_mut(id).tick();
+        }
+        self.settle();
+    }
+
+    pub fn ticks(&mut self, count: u32) {
+        for _ in 0..count {
+            self.tick_all();
+        }
+    }
+
+    /// Makes `id` leader by ticking only it until it wins (the others stay quiet).
+    pub fn elect(&mut self, id: NodeId) {
+        let limit = 4 * self.raft(id).config().election_ticks;
+        for _ in 0..limit {
+            self.tick(id);
+            if self.role(id) == Role::Leader {
+                self.settle();
+                return;
+            }
+        }
+        panic!("node {id} did not win an election");
+    }
+
+    /// Proposes on `id` and settles.
+    pub fn propose(&mut self, id: NodeId, data: &str) -> LogId {
+        let log_id = self
+            .raft_mut(id)
+            .propose(Bytes::from(data))
+            .expect("proposal accepted");
+        self.settle();
+        log_id
+    }
+
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    pub fn cut(&mut self, a: NodeId, b: NodeId) {
+        self.blocked.insert((a, b));
+        self.blocked.insert((b, a));
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Restarts `id` from its disk: volatile state (and the in-memory state machine)
+    /// is lost.
+    pub fn restart(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("node exists");
+        let restore = Restore {
+            hard_state: node.disk.hard_state,
+            snapshot: node.disk.snapshot.clone(),
+            entries: node.disk.entries.clone(),
+            applied: node.disk.snapshot.last_log_id.index,
+        };
+        self.nodes.insert(id, TestNode::new(node.config, restore));
+        self.in_flight.retain(|(_, to, _)| *to != id);
+    }
+
+    pub fn slow_disk(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).expect("node exists").disk_fast = false;
+    }
+
+    pub fn release_disk(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).expect("node exists").disk_fast = true;
+        self.process(id);
+    }
+
+    /// Commands applied on `id`, as strings.
+    pub fn applied_commands(&self, id: NodeId) -> Vec<String> {
+        self.node(id)
+            .commands()
+            .into_iter()
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .collect()
+    }
+}
+
+/// Drains a node's actions without carrying them out.
+pub fn drain(raft: &mut Raft) -> Vec<Action> {
+    std::iter::from_fn(|| raft.poll_action()).collect()
+}
+
+/// The messages among `actions`, with their receivers.
+pub fn sends(actions: &[Action]) -> Vec<(NodeId, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, message } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Cluster {
+    /// Like `settle`, but drops every AppendEntries (elections complete, replication
+    /// does not).
+    pub fn settle_without_appends(&mut self) {
+        self.process_all();
+        while let Some((from, to, m)) = self.in_flight.pop_front() {
+            if matches!(m, Message::AppendEntries(_)) || self.blocked.contains(&(from, to)) {
+                continue;
+            }
+            self.step(from, to, m);
+        }
+    }
+}
