@@ -570,7 +570,13 @@ impl Raft {
     // ---------------------------------------------------------------- roles
 
     /// Becomes a follower in `term` (a newer term clears the vote).
+    ///
+    /// The election timer restarts only when `leader` is known: Figure 2 resets it on
+    /// hearing from the current leader or granting a vote, never on merely seeing a
+    /// newer term. Otherwise a node with a stale log that keeps campaigning would hold
+    /// every up-to-date node's timer back and the cluster would never elect a leader.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let was = (self.role(), self.leader);
         self.leave_role(leader);
         if term > self.hard_state.term {
             self.hard_state = HardState {
@@ -579,12 +585,14 @@ impl Raft {
             };
             self.persist_hard_state();
         }
-        if self.role() != Role::Follower || self.leader != leader {
+        if was != (Role::Follower, leader) {
             tracing::debug!(node = %self.id, %term, ?leader, "became follower");
         }
         self.role = RoleState::Follower;
         self.leader = leader;
-        self.reset_election_timer();
+        if leader.is_some() {
+            self.reset_election_timer();
+        }
     }
 
     /// Tidies up the current role before another replaces it.

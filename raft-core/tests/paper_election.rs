@@ -359,3 +359,36 @@ fn paper_5_4_1_candidate_with_a_stale_log_cannot_win() {
     c.elect(n(1));
     assert_eq!(c.leader(), Some(n(1)));
 }
+
+#[test]
+fn paper_5_2_a_rejected_candidate_does_not_hold_back_other_timers() {
+    // Figure 2: a follower converts to candidate "if election timeout elapses without
+    // receiving AppendEntries RPC from current leader or granting vote to candidate".
+    // A vote request that is *rejected* (stale log) must not restart the timer, even
+    // though its newer term is adopted; otherwise a stale node that keeps timing out
+    // first would keep every up-to-date node from ever campaigning (found by raft-sim,
+    // seed 149: PreVote off, the stale node's clock 40% fast).
+    let mut c = Cluster::with_logs(&[vec![1, 1], vec![1, 1], vec![1]], no_pre_vote);
+    tick_until_campaign(&mut c, n(3));
+    let elapsed_before = 5;
+    for _ in 0..elapsed_before {
+        c.raft_mut(n(1)).tick();
+    }
+    c.settle();
+    assert_eq!(c.term(n(1)), c.term(n(3)), "node 1 adopted the newer term");
+    assert_eq!(
+        c.raft(n(1)).status().voted_for,
+        None,
+        "but refused the vote"
+    );
+    // Node 1 campaigns within its original timeout window: the request did not reset it.
+    let mut ticks = elapsed_before;
+    while c.role(n(1)) == Role::Follower {
+        c.raft_mut(n(1)).tick();
+        ticks += 1;
+        assert!(
+            ticks < 20,
+            "node 1's timer was reset by a rejected vote request"
+        );
+    }
+}
