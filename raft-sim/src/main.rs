@@ -1,0 +1,136 @@
+//! `raft-sim`: run seeds of the deterministic cluster simulation.
+//!
+//! ```text
+//! raft-sim --seeds N [--start S] [--nodes K] [--ops M]   run seeds S..S+N
+//! raft-sim --seed X [--verbose] [--nodes K] [--ops M]     replay one seed
+//! ```
+
+#![allow(clippy::print_stdout)]
+// Wall-clock time is only used to report the simulator's own speed.
+#![allow(clippy::disallowed_methods)]
+
+use raft_sim::{SimOptions, run_seed};
+use std::process::ExitCode;
+use std::time::Instant;
+
+struct Args {
+    start: u64,
+    seeds: u64,
+    single: Option<u64>,
+    nodes: Option<u64>,
+    ops: Option<u64>,
+    lin_budget: Option<u64>,
+    verbose: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        start: 0,
+        seeds: 1,
+        single: None,
+        nodes: None,
+        ops: None,
+        lin_budget: None,
+        verbose: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse()
+                .map_err(|_| format!("{name}: '{v}' is not a number"))
+        };
+        match flag.as_str() {
+            "--seeds" => args.seeds = value("--seeds")?,
+            "--start" => args.start = value("--start")?,
+            "--seed" => args.single = Some(value("--seed")?),
+            "--nodes" => {
+                let n = value("--nodes")?;
+                if !(3..=7).contains(&n) {
+                    return Err(format!("--nodes {n}: the simulator runs 3 to 7 nodes"));
+                }
+                args.nodes = Some(n);
+            }
+            "--ops" => args.ops = Some(value("--ops")?),
+            "--lin-budget" => args.lin_budget = Some(value("--lin-budget")?),
+            "--verbose" | "-v" => args.verbose = true,
+            "--help" | "-h" => {
+                return Err("usage: raft-sim --seeds N [--start S] [--nodes K] [--ops M] | --seed X [--verbose]".into());
+            }
+            other => return Err(format!("unknown argument '{other}' (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+fn replay_command(seed: u64, args: &Args) -> String {
+    let mut cmd = format!("cargo run --release -p raft-sim -- --seed {seed} --verbose");
+    if let Some(n) = args.nodes {
+        cmd.push_str(&format!(" --nodes {n}"));
+    }
+    if let Some(o) = args.ops {
+        cmd.push_str(&format!(" --ops {o}"));
+    }
+    cmd
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A panic inside a seed is reported as that seed's failure; keep the default
+    // hook's noise out of the summary.
+    std::panic::set_hook(Box::new(|_| {}));
+    let seeds: Vec<u64> = match args.single {
+        Some(s) => vec![s],
+        None => (args.start..args.start.saturating_add(args.seeds)).collect(),
+    };
+    let started = Instant::now();
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut ops, mut events, mut faults) = (0u64, 0u64, 0u64);
+    for &seed in &seeds {
+        let opts = SimOptions {
+            seed,
+            nodes: args.nodes,
+            verbose: args.verbose,
+            ops: args.ops,
+            lin_budget: args.lin_budget,
+        };
+        let report = run_seed(&opts);
+        ops += report.stats.ops;
+        events += report.stats.events;
+        faults += report.stats.faults;
+        if args.single.is_some() {
+            for line in &report.trace {
+                println!("{line}");
+            }
+            println!("profile: {:?}", report.profile);
+            println!("stats: {:?}", report.stats);
+        }
+        match report.failure {
+            None => passed += 1,
+            Some(why) => {
+                failed += 1;
+                println!("seed {seed} FAILED ({} nodes): {why}", report.profile.nodes);
+                println!("    replay: {}", replay_command(seed, &args));
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "{} seeds in {secs:.1}s: {ops} client ops ({:.0} ops/s), {events} events ({:.0}/s), {faults} fault events",
+        seeds.len(),
+        ops as f64 / secs,
+        events as f64 / secs,
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

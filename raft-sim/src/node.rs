@@ -1,0 +1,187 @@
+//! A simulated server: a `Raft`, its disk, its key-value state machine, and the client
+//! requests it is working on.
+
+use crate::kv::KvStore;
+use crate::rng::SimRng;
+use raft_core::{Action, Persist, Raft, Restore};
+use raft_proto::{Entry, HardState, LogId, LogIndex, NodeId, ReadId, SnapshotMeta};
+use std::collections::{HashMap, VecDeque};
+
+/// A node's disk: what survives a crash, and the one write in flight.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    /// The durable term and vote.
+    pub hard_state: HardState,
+    /// The durable snapshot metadata the log starts after.
+    pub snapshot: SnapshotMeta,
+    /// The durable entries after the snapshot.
+    pub entries: Vec<Entry>,
+    /// A write the driver issued and the disk has not finished.
+    pub in_flight: Option<Persist>,
+}
+
+impl Disk {
+    /// Makes a write durable.
+    pub fn write(&mut self, p: &Persist) {
+        if let Some(h) = p.hard_state {
+            self.hard_state = h;
+        }
+        if let Some(t) = p.truncate_from {
+            self.truncate_from(t);
+        }
+        self.entries.extend(p.entries.iter().cloned());
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) {
+        let keep = index
+            .distance_from(self.snapshot.last_log_id.index)
+            .saturating_sub(1);
+        self.entries
+            .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+    }
+
+    /// The durable id at `index`, if the disk holds that entry (or the snapshot ends
+    /// there).
+    pub fn log_id(&self, index: LogIndex) -> Option<LogId> {
+        let snap = self.snapshot.last_log_id;
+        if index == snap.index {
+            return Some(snap);
+        }
+        let offset = index.0.checked_sub(snap.index.0 + 1)?;
+        self.entries
+            .get(usize::try_from(offset).ok()?)
+            .map(|e| e.log_id)
+    }
+
+    /// Whether `id` is durable here, as an entry or inside the snapshot (a snapshot
+    /// only ever covers committed entries).
+    pub fn holds(&self, id: LogId) -> bool {
+        id.index <= self.snapshot.last_log_id.index || self.log_id(id.index) == Some(id)
+    }
+
+    /// A crash: the write in flight is lost, or with `torn`, part of it lands (the hard
+    /// state and truncation, then a prefix of the entries), as a store that writes in
+    /// pieces would leave it.
+    pub fn crash(&mut self, torn: Option<&mut SimRng>) {
+        let Some(p) = self.in_flight.take() else {
+            return;
+        };
+        if let Some(rng) = torn {
+            let keep = rng.range(0, p.entries.len() as u64 + 1) as usize;
+            let partial = Persist {
+                hard_state: p.hard_state,
+                truncate_from: p.truncate_from,
+                entries: p.entries[..keep].to_vec(),
+            };
+            self.write(&partial);
+        }
+    }
+
+    /// What a restarting node reads back.
+    pub fn restore(&self) -> Restore {
+        Restore {
+            hard_state: self.hard_state,
+            snapshot: self.snapshot.clone(),
+            entries: self.entries.clone(),
+            applied: self.snapshot.last_log_id.index,
+        }
+    }
+}
+
+/// A write proposed for a client, waiting to be applied.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingWrite {
+    /// The id the leader gave the entry.
+    pub log_id: LogId,
+    /// The client.
+    pub client: usize,
+    /// The client's operation number.
+    pub seq: u64,
+    /// The client's attempt number.
+    pub attempt: u32,
+}
+
+/// A read waiting for `ReadReady`.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingRead {
+    /// The client.
+    pub client: usize,
+    /// The client's operation number.
+    pub seq: u64,
+    /// The client's attempt number.
+    pub attempt: u32,
+    /// The key read.
+    pub key: u64,
+}
+
+/// One simulated server.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Its id.
+    pub id: NodeId,
+    /// The running state machine; `None` while crashed.
+    pub raft: Option<Raft>,
+    /// Its disk.
+    pub disk: Disk,
+    /// Its key-value store (volatile: rebuilt from the log after a restart).
+    pub kv: KvStore,
+    /// Bumped at every restart; events of an earlier incarnation are ignored.
+    pub incarnation: u64,
+    /// Actions taken from the core that wait behind the write in flight.
+    pub queue: VecDeque<Action>,
+    /// Paused until this virtual time (no ticks, no messages, no disk progress).
+    pub paused_until: u64,
+    /// Virtual microseconds per tick (skewed per node).
+    pub tick_us: u64,
+    /// The tick interval without a temporary clock fault.
+    pub base_tick_us: u64,
+    /// Writes proposed here for clients, by log index.
+    pub writes: HashMap<LogIndex, PendingWrite>,
+    /// Reads started here for clients.
+    pub reads: HashMap<ReadId, PendingRead>,
+    /// The next read id.
+    pub next_read: u64,
+    /// The highest index applied by this incarnation's state machine.
+    pub applied: LogIndex,
+}
+
+impl SimNode {
+    /// A node with an empty disk for a cluster whose founding voters are `membership`.
+    pub fn new(id: NodeId, snapshot: SnapshotMeta, tick_us: u64) -> SimNode {
+        SimNode {
+            id,
+            raft: None,
+            disk: Disk {
+                snapshot,
+                ..Disk::default()
+            },
+            kv: KvStore::default(),
+            incarnation: 0,
+            queue: VecDeque::new(),
+            paused_until: 0,
+            tick_us,
+            base_tick_us: tick_us,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 0,
+            applied: LogIndex::ZERO,
+        }
+    }
+
+    /// Whether the node runs (neither crashed nor paused) at `now`.
+    pub fn is_up(&self, now: u64) -> bool {
+        self.raft.is_some() && self.paused_until <= now
+    }
+
+    /// Loses everything volatile.
+    pub fn crash(&mut self, torn: Option<&mut SimRng>) {
+        self.raft = None;
+        self.disk.crash(torn);
+        self.kv = KvStore::default();
+        self.queue.clear();
+        self.writes.clear();
+        self.reads.clear();
+        self.applied = LogIndex::ZERO;
+        self.incarnation += 1;
+    }
+}

@@ -1,0 +1,151 @@
+//! Swarm testing: each seed draws its own fault profile, so some seeds run on a clean
+//! network and others under heavy loss, partitions and crashes.
+
+use crate::rng::SimRng;
+
+/// Times are in microseconds of virtual time.
+pub const MS: u64 = 1_000;
+
+/// What one seed's run looks like.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Number of voters.
+    pub nodes: u64,
+    /// Virtual microseconds per tick, before skew.
+    pub tick_us: u64,
+    /// Election timeout in ticks.
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// Per-node tick-rate skew: each node's tick interval is scaled by a factor drawn
+    /// from `[1 - skew, 1 + skew]`.
+    pub skew: f64,
+    /// One-way network delay range.
+    pub delay_us: (u64, u64),
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Disk write latency range.
+    pub disk_us: (u64, u64),
+    /// Probability that a crash tears the write in flight (part of it lands).
+    pub torn_write: f64,
+    /// Fault kinds enabled for this seed.
+    pub faults: Vec<FaultKind>,
+    /// Mean virtual time between fault events.
+    pub fault_interval_us: u64,
+    /// How long a fault lasts (range).
+    pub fault_duration_us: (u64, u64),
+    /// Length of the fault phase.
+    pub fault_phase_us: u64,
+    /// Number of clients.
+    pub clients: u64,
+    /// Number of distinct keys.
+    pub keys: u64,
+    /// Client operations to invoke (at least).
+    pub ops: u64,
+    /// A client gives up an attempt after this long without an answer.
+    pub client_timeout_us: u64,
+    /// Use PreVote.
+    pub pre_vote: bool,
+    /// Use CheckQuorum.
+    pub check_quorum: bool,
+}
+
+/// A kind of fault the nemesis can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// Split the nodes into two groups that cannot talk.
+    Partition,
+    /// One node can send to the others but not receive from them (or the reverse).
+    OneWay,
+    /// Isolate a minority that contains the current leader.
+    IsolateLeader,
+    /// Crash a node (possibly the leader) and restart it later.
+    Crash,
+    /// Pause a node (no ticks, no messages) for a while, often past an election timeout.
+    Pause,
+    /// A node's clock runs fast or slow for a while.
+    ClockSkew,
+}
+
+impl FaultKind {
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::OneWay => "one-way partition",
+            FaultKind::IsolateLeader => "isolate leader",
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+            FaultKind::ClockSkew => "clock skew",
+        }
+    }
+
+    /// Every fault kind.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Partition,
+        FaultKind::OneWay,
+        FaultKind::IsolateLeader,
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::ClockSkew,
+    ];
+}
+
+impl Profile {
+    /// Draws a profile for `seed`; `nodes` overrides the cluster size.
+    pub fn draw(rng: &mut SimRng, nodes: Option<u64>) -> Profile {
+        let nodes = nodes.unwrap_or_else(|| rng.pick(&[3, 3, 3, 4, 5, 5, 6, 7]));
+        let election_ticks = rng.pick(&[10u32, 10, 15, 20]);
+        let heartbeat_ticks = rng.pick(&[1u32, 2, 3]);
+        let tick_us = 10 * MS;
+        let loss = rng.pick(&[0.0, 0.0, 0.01, 0.05, 0.15, 0.3]);
+        let duplicate = rng.pick(&[0.0, 0.0, 0.01, 0.05]);
+        let delay_us = rng.pick(&[(100, 1_000), (200, 5_000), (1_000, 30 * MS), (100, 80 * MS)]);
+        let skew = rng.pick(&[0.0, 0.05, 0.2, 0.4]);
+        let mut faults: Vec<FaultKind> = FaultKind::ALL
+            .iter()
+            .copied()
+            .filter(|_| rng.chance(0.6))
+            .collect();
+        if faults.is_empty() {
+            faults.push(rng.pick(&FaultKind::ALL));
+        }
+        let election_us = u64::from(election_ticks) * tick_us;
+        Profile {
+            nodes,
+            tick_us,
+            election_ticks,
+            heartbeat_ticks,
+            skew,
+            delay_us,
+            loss,
+            duplicate,
+            disk_us: rng.pick(&[(50, 300), (200, 2_000), (1_000, 20 * MS)]),
+            torn_write: rng.pick(&[0.0, 0.5]),
+            faults,
+            fault_interval_us: rng.range(election_us / 2, 3 * election_us),
+            fault_duration_us: (election_us / 2, rng.range(2 * election_us, 8 * election_us)),
+            fault_phase_us: 0, // set below
+            clients: rng.range(3, 9),
+            keys: rng.pick(&[3, 5, 10, 20]),
+            ops: 250,
+            client_timeout_us: 3 * election_us,
+            pre_vote: !rng.chance(0.1),
+            check_quorum: !rng.chance(0.1),
+        }
+        .with_fault_phase()
+    }
+
+    fn with_fault_phase(mut self) -> Profile {
+        // Long enough for at least 25 fault events on average.
+        self.fault_phase_us = self.fault_interval_us * 25;
+        self
+    }
+
+    /// One election timeout in virtual time (the minimum).
+    pub fn election_us(&self) -> u64 {
+        u64::from(self.election_ticks) * self.tick_us
+    }
+}

@@ -1,0 +1,1229 @@
+//! The world: nodes, network, clients and nemesis on one virtual clock, driven by one
+//! seed. [`run_seed`] runs a safety phase under faults, then a liveness phase on a
+//! healed network, then checks the client history for linearizability.
+
+use crate::checkers::{Check, Checkers, Violation, violation};
+use crate::client::{Client, Current, Reply, is_write};
+use crate::kv::ClientCommand;
+use crate::linearizability::{self, CheckResult, KvOp, KvOutput, Operation, Outcome};
+use crate::net::Network;
+use crate::node::{PendingRead, PendingWrite, SimNode};
+use crate::profile::{FaultKind, MS, Profile};
+use crate::rng::SimRng;
+use raft_core::{Action, Config, ProposeError, Raft, ReadError, Role};
+use raft_proto::{
+    Bytes, Entry, EntryPayload, LogId, Membership, Message, NodeId, ReadId, SnapshotMeta,
+};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt::Write as _;
+
+/// How to run one seed.
+#[derive(Clone, Debug, Default)]
+pub struct SimOptions {
+    /// The seed: everything in the run follows from it.
+    pub seed: u64,
+    /// Cluster size; drawn from the seed when `None`.
+    pub nodes: Option<u64>,
+    /// Keep an event trace to print.
+    pub verbose: bool,
+    /// Client operations to invoke; the profile's default when `None`.
+    pub ops: Option<u64>,
+    /// Search steps per key for the linearizability check; a default when `None`.
+    pub lin_budget: Option<u64>,
+}
+
+/// Search steps per key the linearizability check may take by default.
+pub const DEFAULT_LIN_BUDGET: u64 = 20_000_000;
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Events processed.
+    pub events: u64,
+    /// Client operations invoked.
+    pub ops: u64,
+    /// ... that returned a result.
+    pub ops_ok: u64,
+    /// ... that definitely failed.
+    pub ops_failed: u64,
+    /// ... whose outcome is unknown.
+    pub ops_unknown: u64,
+    /// Fault events injected.
+    pub faults: u64,
+    /// Fault events per kind (crashes that tore a write are counted apart).
+    pub faults_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Terms that had a leader.
+    pub terms_with_leader: u64,
+    /// Writes acknowledged to clients.
+    pub acked_writes: u64,
+    /// Virtual time simulated, in microseconds.
+    pub virtual_us: u64,
+    /// Virtual time from healing until a stable leader, caught-up nodes and every
+    /// client operation finished.
+    pub converged_after_heal_us: u64,
+}
+
+/// The result of one seed.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// The profile drawn for it.
+    pub profile: Profile,
+    /// What happened.
+    pub stats: Stats,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    /// The event trace (with `verbose`).
+    pub trace: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick {
+        node: usize,
+        inc: u64,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Message,
+    },
+    DiskDone {
+        node: usize,
+        inc: u64,
+    },
+    ClientArrive {
+        node: usize,
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+    ClientReply {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Nemesis,
+    Undo(Undo),
+    Restart {
+        node: usize,
+    },
+    Heal,
+}
+
+#[derive(Clone, Debug)]
+enum Undo {
+    Links(Vec<(usize, usize)>),
+    Clock { node: usize },
+}
+
+impl Event {
+    /// The node an event happens on, for pausing.
+    fn node(&self) -> Option<usize> {
+        match self {
+            Event::Tick { node, .. }
+            | Event::DiskDone { node, .. }
+            | Event::ClientArrive { node, .. } => Some(*node),
+            Event::Deliver { to, .. } => Some(*to),
+            _ => None,
+        }
+    }
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest event is the greatest.
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Liveness { since: u64, deadline: u64 },
+}
+
+/// Per-operation bookkeeping beside the history.
+#[derive(Clone, Copy, Debug, Default)]
+struct OpState {
+    done: bool,
+    failed: bool,
+}
+
+struct World {
+    profile: Profile,
+    rng: SimRng,
+    now: u64,
+    next_seq: u64,
+    events: BinaryHeap<Scheduled>,
+    nodes: Vec<SimNode>,
+    net: Network,
+    membership: Membership,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    commands: Vec<ClientCommand>,
+    op_state: Vec<OpState>,
+    next_value: u64,
+    checkers: Checkers,
+    phase: Phase,
+    stats: Stats,
+    trace: Option<Vec<String>>,
+    max_attempts: u32,
+    lin_budget: u64,
+}
+
+/// Runs one seed and reports what happened.
+pub fn run_seed(opts: &SimOptions) -> SeedReport {
+    let mut rng = SimRng::new(opts.seed);
+    let mut profile = Profile::draw(&mut rng, opts.nodes);
+    if let Some(ops) = opts.ops {
+        profile.ops = ops;
+    }
+    let mut world = World::new(profile.clone(), rng, opts.verbose);
+    world.lin_budget = opts.lin_budget.unwrap_or(DEFAULT_LIN_BUDGET);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(v)) => Some(v.to_string()),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "panic".to_string());
+            Some(format!("panic at t={}us: {msg}", world.now))
+        }
+    };
+    world.stats.virtual_us = world.now;
+    world.stats.terms_with_leader = world.checkers.election_safety.terms_with_leader() as u64;
+    world.stats.acked_writes = world.checkers.acked_writes.count() as u64;
+    SeedReport {
+        seed: opts.seed,
+        profile,
+        stats: world.stats.clone(),
+        failure,
+        trace: world.trace.take().unwrap_or_default(),
+    }
+}
+
+impl World {
+    fn new(profile: Profile, mut rng: SimRng, verbose: bool) -> World {
+        let n = profile.nodes as usize;
+        let ids: Vec<NodeId> = (1..=profile.nodes).map(NodeId).collect();
+        let membership = Membership::voters(ids.iter().copied());
+        let snapshot = SnapshotMeta {
+            last_log_id: LogId::ZERO,
+            membership: membership.clone(),
+        };
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let skew = 1.0 + (rng.unit() * 2.0 - 1.0) * profile.skew;
+                let tick_us = ((profile.tick_us as f64) * skew).max(1.0) as u64;
+                SimNode::new(id, snapshot.clone(), tick_us)
+            })
+            .collect();
+        let net = Network::new(
+            n,
+            profile.delay_us,
+            profile.loss,
+            profile.duplicate,
+            rng.fork(),
+        );
+        let clients = (0..profile.clients).map(|_| Client::default()).collect();
+        let mut world = World {
+            profile,
+            rng,
+            now: 0,
+            next_seq: 0,
+            events: BinaryHeap::new(),
+            nodes,
+            net,
+            membership,
+            clients,
+            history: Vec::new(),
+            commands: Vec::new(),
+            op_state: Vec::new(),
+            next_value: 1,
+            checkers: Checkers::default(),
+            phase: Phase::Faults,
+            stats: Stats::default(),
+            trace: verbose.then(Vec::new),
+            max_attempts: 6,
+            lin_budget: DEFAULT_LIN_BUDGET,
+        };
+        for i in 0..n {
+            world
+                .start_node(i)
+                .unwrap_or_else(|v| panic!("node {i} cannot start: {v}"));
+        }
+        for c in 0..world.clients.len() {
+            let at = world.think_time();
+            world.schedule(at, Event::ClientNext { client: c });
+        }
+        let first = world.rng.range(0, world.profile.fault_interval_us);
+        world.schedule(first, Event::Nemesis);
+        let heal = world.profile.fault_phase_us;
+        world.schedule(heal, Event::Heal);
+        world
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.events.push(Scheduled {
+            time: self.now + delay,
+            seq,
+            event,
+        });
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            let text = line();
+            trace.push(format!("{:>10} {text}", self.now));
+        }
+    }
+
+    fn voters(&self) -> usize {
+        self.membership.voters.len()
+    }
+
+    // ------------------------------------------------------------ main loop
+
+    fn run(&mut self) -> Check {
+        let hard_limit = self.profile.fault_phase_us * 20 + 600_000 * MS;
+        while let Some(Scheduled { time, event, .. }) = self.events.pop() {
+            if let Some(node) = event.node() {
+                let paused_until = self.nodes[node].paused_until;
+                if paused_until > time {
+                    self.now = time;
+                    self.schedule(paused_until - time, event);
+                    continue;
+                }
+            }
+            self.now = time;
+            self.stats.events += 1;
+            if self.trace.is_some() {
+                let e = format!("{event:?}");
+                self.log(|| e);
+            }
+            self.dispatch(event)?;
+            if let Phase::Liveness { since, deadline } = self.phase {
+                if self.converged() {
+                    self.stats.converged_after_heal_us = self.now - since;
+                    return self.finish();
+                }
+                if self.now > deadline {
+                    return violation("Liveness", self.liveness_report(since));
+                }
+            }
+            if self.now > hard_limit {
+                return violation("Liveness", "the run exceeded its time limit".to_string());
+            }
+        }
+        violation("Liveness", "the event queue ran dry".to_string())
+    }
+
+    fn dispatch(&mut self, event: Event) -> Check {
+        match event {
+            Event::Tick { node, inc } => {
+                if self.nodes[node].incarnation != inc || self.nodes[node].raft.is_none() {
+                    return Ok(());
+                }
+                if let Some(raft) = &mut self.nodes[node].raft {
+                    raft.tick();
+                }
+                let tick_us = self.nodes[node].tick_us;
+                self.schedule(tick_us, Event::Tick { node, inc });
+                self.drive(node)?;
+                self.check_node(node)
+            }
+            Event::Deliver { from, to, msg } => {
+                let from_id = self.nodes[from].id;
+                let Some(raft) = &mut self.nodes[to].raft else {
+                    return Ok(());
+                };
+                raft.step(from_id, msg);
+                self.drive(to)?;
+                self.check_node(to)
+            }
+            Event::DiskDone { node, inc } => self.disk_done(node, inc),
+            Event::ClientArrive {
+                node,
+                client,
+                seq,
+                attempt,
+            } => self.client_arrive(node, client, seq, attempt),
+            Event::ClientReply {
+                client,
+                seq,
+                attempt,
+                reply,
+            } => self.client_reply(client, seq, attempt, reply),
+            Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            } => {
+                self.client_timeout(client, seq, attempt);
+                Ok(())
+            }
+            Event::ClientNext { client } => {
+                self.client_next(client);
+                Ok(())
+            }
+            Event::Nemesis => self.nemesis(),
+            Event::Undo(undo) => {
+                self.undo(undo);
+                Ok(())
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::Heal => self.heal(),
+        }
+    }
+
+    // ------------------------------------------------------------ nodes
+
+    fn config(&mut self, node: usize) -> Config {
+        let mut c = Config::new(self.nodes[node].id);
+        c.election_ticks = self.profile.election_ticks;
+        c.heartbeat_ticks = self.profile.heartbeat_ticks;
+        c.pre_vote = self.profile.pre_vote;
+        c.check_quorum = self.profile.check_quorum;
+        c.max_entries_per_append = 64;
+        c.max_inflight_appends = 8;
+        c.rng_seed = self.rng.next_u64();
+        c
+    }
+
+    fn start_node(&mut self, node: usize) -> Check {
+        let config = self.config(node);
+        let restore = self.nodes[node].disk.restore();
+        let raft = match Raft::new(config, restore) {
+            Ok(raft) => raft,
+            Err(e) => {
+                return violation(
+                    "Restart",
+                    format!("node {node} cannot restart from its disk: {e}"),
+                );
+            }
+        };
+        self.checkers.monotonic.restart(node, &raft);
+        let n = &mut self.nodes[node];
+        self.checkers
+            .log_matching
+            .restart(node, n.disk.snapshot.last_log_id, &n.disk.entries);
+        n.applied = n.disk.snapshot.last_log_id.index;
+        n.raft = Some(raft);
+        let inc = n.incarnation;
+        let first_tick = self.rng.range(1, self.nodes[node].tick_us);
+        self.schedule(first_tick, Event::Tick { node, inc });
+        self.drive(node)?;
+        self.check_node(node)
+    }
+
+    fn restart(&mut self, node: usize) -> Check {
+        if self.nodes[node].raft.is_some() {
+            return Ok(());
+        }
+        self.log(|| format!("restart node {node}"));
+        self.start_node(node)
+    }
+
+    fn crash(&mut self, node: usize) -> Check {
+        if self.nodes[node].raft.is_none() {
+            return Ok(());
+        }
+        let torn = self.rng.chance(self.profile.torn_write);
+        if torn && self.nodes[node].disk.in_flight.is_some() {
+            *self.stats.faults_by_kind.entry("torn write").or_default() += 1;
+        }
+        let id = self.nodes[node].id;
+        self.log(|| format!("crash node {node} (torn write: {torn})"));
+        let mut rng = self.rng.fork();
+        self.nodes[node].crash(torn.then_some(&mut rng));
+        self.checkers.leader_append_only.forget(id);
+        self.checkers.leader_completeness.forget(id);
+        let voters = self.voters();
+        self.checkers
+            .acked_writes
+            .check_durable(&self.nodes, voters)
+    }
+
+    /// Carries out the node's actions in order; stops behind a write in flight.
+    fn drive(&mut self, i: usize) -> Check {
+        loop {
+            let node = &mut self.nodes[i];
+            let Some(raft) = node.raft.as_mut() else {
+                return Ok(());
+            };
+            while let Some(action) = raft.poll_action() {
+                if let Action::Persist(p) = &action {
+                    self.checkers.log_matching.persist(i, p)?;
+                }
+                node.queue.push_back(action);
+            }
+            if node.disk.in_flight.is_some() {
+                return Ok(());
+            }
+            let Some(action) = node.queue.pop_front() else {
+                return Ok(());
+            };
+            match action {
+                Action::Send { to, message } => self.send(i, to, message),
+                Action::Persist(p) => {
+                    let latency = self
+                        .rng
+                        .range(self.profile.disk_us.0, self.profile.disk_us.1);
+                    let node = &mut self.nodes[i];
+                    node.disk.in_flight = Some(p);
+                    let inc = node.incarnation;
+                    self.schedule(latency, Event::DiskDone { node: i, inc });
+                }
+                Action::Apply(entries) => self.apply(i, entries)?,
+                Action::ReadReady { id, .. } => self.read_ready(i, id),
+                Action::ReadFailed { id, error } => {
+                    let ReadError::NotLeader(nl) = error else {
+                        continue;
+                    };
+                    if let Some(r) = self.nodes[i].reads.remove(&id) {
+                        self.reply(r.client, r.seq, r.attempt, Reply::NotLeader(nl.leader_hint));
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: NodeId, msg: Message) {
+        let Some(to) = self.index_of(to) else { return };
+        let [first, second] = self.net.deliveries(from, to);
+        if let Some(d) = second {
+            self.schedule(
+                d,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        if let Some(d) = first {
+            self.schedule(d, Event::Deliver { from, to, msg });
+        }
+    }
+
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        let i = usize::try_from(id.0.checked_sub(1)?).ok()?;
+        (i < self.nodes.len()).then_some(i)
+    }
+
+    fn disk_done(&mut self, node: usize, inc: u64) -> Check {
+        let n = &mut self.nodes[node];
+        if n.incarnation != inc {
+            return Ok(());
+        }
+        let Some(p) = n.disk.in_flight.take() else {
+            return Ok(());
+        };
+        n.disk.write(&p);
+        if let (Some(last), Some(raft)) = (p.entries.last(), n.raft.as_mut()) {
+            raft.persisted(last.log_id);
+        }
+        if p.truncate_from.is_some() {
+            let voters = self.voters();
+            self.checkers
+                .acked_writes
+                .check_durable(&self.nodes, voters)?;
+        }
+        self.drive(node)?;
+        self.check_node(node)
+    }
+
+    fn apply(&mut self, i: usize, entries: Vec<Entry>) -> Check {
+        // The core hands out only what it considers committed: record that first.
+        self.observe_commit(i)?;
+        let mut last = None;
+        for e in entries {
+            let previous = self.nodes[i].applied;
+            self.checkers
+                .state_machine_safety
+                .apply(i, previous, &e, &self.checkers.committed)?;
+            self.nodes[i].applied = e.log_id.index;
+            last = Some(e.log_id.index);
+            let output = match &e.payload {
+                EntryPayload::Command(bytes) => {
+                    let Some(cmd) = self.decode(bytes) else {
+                        return violation(
+                            "Command integrity",
+                            format!("node {i} applies an undecodable command at {:?}", e.log_id),
+                        );
+                    };
+                    self.nodes[i].kv.apply(&cmd)
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => None,
+            };
+            if let Some(w) = self.nodes[i].writes.remove(&e.log_id.index) {
+                let reply = match output {
+                    Some(output) if w.log_id == e.log_id => Reply::Ok {
+                        output,
+                        log_id: Some(e.log_id),
+                    },
+                    _ => Reply::Retry,
+                };
+                self.reply(w.client, w.seq, w.attempt, reply);
+            }
+        }
+        if let (Some(last), Some(raft)) = (last, self.nodes[i].raft.as_mut()) {
+            raft.applied(last);
+        }
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &Bytes) -> Option<ClientCommand> {
+        let raw: [u8; 8] = bytes.as_slice().try_into().ok()?;
+        let op = usize::try_from(u64::from_le_bytes(raw)).ok()?;
+        self.commands.get(op).cloned()
+    }
+
+    fn read_ready(&mut self, i: usize, id: ReadId) {
+        let Some(r) = self.nodes[i].reads.remove(&id) else {
+            return;
+        };
+        let value = self.nodes[i].kv.get(r.key);
+        self.reply(
+            r.client,
+            r.seq,
+            r.attempt,
+            Reply::Ok {
+                output: KvOutput::Value(value),
+                log_id: None,
+            },
+        );
+    }
+
+    fn observe_commit(&mut self, i: usize) -> Check {
+        let Some(raft) = &self.nodes[i].raft else {
+            return Ok(());
+        };
+        let before = self.checkers.monotonic.observe(i, raft)?;
+        let voters = self.membership.voters.len();
+        self.checkers
+            .committed
+            .observe(raft, before, &self.nodes, voters)
+    }
+
+    /// Every per-node checker, after an event on node `i`.
+    fn check_node(&mut self, i: usize) -> Check {
+        self.observe_commit(i)?;
+        let Some(raft) = &self.nodes[i].raft else {
+            return Ok(());
+        };
+        raft.check_invariants_now();
+        self.checkers.log_matching.verify(i, raft)?;
+        self.checkers.election_safety.observe(raft)?;
+        self.checkers.leader_append_only.observe(raft)?;
+        self.checkers
+            .leader_completeness
+            .observe(raft, &self.checkers.committed)
+    }
+
+    // ------------------------------------------------------------ clients
+
+    fn think_time(&mut self) -> u64 {
+        match self.phase {
+            Phase::Faults => {
+                let mean = self.profile.fault_phase_us * self.profile.clients
+                    / self.profile.ops.max(1)
+                    * 4
+                    / 5;
+                self.rng.range(0, 2 * mean.max(1))
+            }
+            Phase::Liveness { .. } => self.rng.range(0, MS),
+        }
+    }
+
+    fn client_next(&mut self, c: usize) {
+        if self.clients[c].current.is_some() || self.stats.ops >= self.profile.ops {
+            return;
+        }
+        let key = self.rng.range(0, self.profile.keys);
+        let value = self.next_value;
+        let roll = self.rng.range(0, 100);
+        let op = match roll {
+            0..35 => KvOp::Get,
+            35..60 => {
+                self.next_value += 1;
+                KvOp::Put { value }
+            }
+            60..80 => {
+                self.next_value += 1;
+                KvOp::Append { value }
+            }
+            80..95 => {
+                self.next_value += 1;
+                let expected = self.clients[c].last_read.get(&key).cloned().unwrap_or(None);
+                KvOp::Cas {
+                    expected,
+                    new: value,
+                }
+            }
+            _ => KvOp::Delete,
+        };
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let seq = client.seq;
+        let op_index = self.history.len();
+        self.history.push(Operation {
+            client: c as u64,
+            key,
+            op: op.clone(),
+            invoke: self.now,
+            outcome: Outcome::Unknown,
+        });
+        self.commands.push(ClientCommand {
+            client: c as u64,
+            seq,
+            key,
+            op,
+        });
+        self.op_state.push(OpState::default());
+        self.stats.ops += 1;
+        let target = match client.leader_guess {
+            Some(t) => t,
+            None => self.rng.range(0, self.nodes.len() as u64) as usize,
+        };
+        self.clients[c].current = Some(Current {
+            op: op_index,
+            attempt: 0,
+            maybe_applied: false,
+            target,
+        });
+        self.send_attempt(c);
+    }
+
+    fn send_attempt(&mut self, c: usize) {
+        let client = &self.clients[c];
+        let Some(cur) = client.current else { return };
+        let (seq, attempt) = (client.seq, cur.attempt);
+        if let Some(d) = self.net.client_delay() {
+            self.schedule(
+                d,
+                Event::ClientArrive {
+                    node: cur.target,
+                    client: c,
+                    seq,
+                    attempt,
+                },
+            );
+        }
+        let timeout = self.profile.client_timeout_us;
+        self.schedule(
+            timeout,
+            Event::ClientTimeout {
+                client: c,
+                seq,
+                attempt,
+            },
+        );
+    }
+
+    /// Retries the current operation at `target` (a new attempt, same sequence number).
+    fn retry(&mut self, c: usize, target: usize, delay: u64) {
+        let seq = self.clients[c].seq;
+        let Some(cur) = &mut self.clients[c].current else {
+            return;
+        };
+        cur.attempt += 1;
+        cur.target = target;
+        let attempt = cur.attempt;
+        if attempt >= self.max_attempts && self.phase == Phase::Faults {
+            self.finish_op(c, None);
+            return;
+        }
+        if let Some(d) = self.net.client_delay() {
+            self.schedule(
+                delay + d,
+                Event::ClientArrive {
+                    node: target,
+                    client: c,
+                    seq,
+                    attempt,
+                },
+            );
+        }
+        let timeout = self.profile.client_timeout_us + delay;
+        self.schedule(
+            timeout,
+            Event::ClientTimeout {
+                client: c,
+                seq,
+                attempt,
+            },
+        );
+    }
+
+    fn client_arrive(&mut self, i: usize, c: usize, seq: u64, attempt: u32) -> Check {
+        if !self.nodes[i].is_up(self.now) || self.clients[c].seq != seq {
+            return Ok(());
+        }
+        let Some(cur) = self.clients[c].current else {
+            return Ok(());
+        };
+        let cmd = self.commands[cur.op].clone();
+        let node = &mut self.nodes[i];
+        let Some(raft) = node.raft.as_mut() else {
+            return Ok(());
+        };
+        let reply = if is_write(&cmd.op) {
+            match raft.propose(Bytes::from((cur.op as u64).to_le_bytes().to_vec())) {
+                Ok(log_id) => {
+                    let old = node.writes.insert(
+                        log_id.index,
+                        PendingWrite {
+                            log_id,
+                            client: c,
+                            seq,
+                            attempt,
+                        },
+                    );
+                    // An older proposal at this index was overwritten: it never applies.
+                    old.map(|w| (w.client, w.seq, w.attempt, Reply::Retry))
+                }
+                Err(ProposeError::NotLeader(nl)) => {
+                    Some((c, seq, attempt, Reply::NotLeader(nl.leader_hint)))
+                }
+                Err(_) => Some((c, seq, attempt, Reply::Retry)),
+            }
+        } else {
+            let id = ReadId(node.next_read);
+            node.next_read += 1;
+            match raft.read_index(id) {
+                Ok(()) => {
+                    node.reads.insert(
+                        id,
+                        PendingRead {
+                            client: c,
+                            seq,
+                            attempt,
+                            key: cmd.key,
+                        },
+                    );
+                    None
+                }
+                Err(ReadError::NotLeader(nl)) => {
+                    Some((c, seq, attempt, Reply::NotLeader(nl.leader_hint)))
+                }
+                Err(_) => Some((c, seq, attempt, Reply::Retry)),
+            }
+        };
+        if let Some((rc, rs, ra, r)) = reply {
+            self.reply(rc, rs, ra, r);
+        }
+        self.drive(i)?;
+        self.check_node(i)
+    }
+
+    fn reply(&mut self, c: usize, seq: u64, attempt: u32, reply: Reply) {
+        if let Some(d) = self.net.client_delay() {
+            self.schedule(
+                d,
+                Event::ClientReply {
+                    client: c,
+                    seq,
+                    attempt,
+                    reply,
+                },
+            );
+        }
+    }
+
+    fn client_reply(&mut self, c: usize, seq: u64, attempt: u32, reply: Reply) -> Check {
+        let client = &self.clients[c];
+        let Some(cur) = client.current else {
+            return Ok(());
+        };
+        if client.seq != seq {
+            return Ok(());
+        }
+        match reply {
+            Reply::Ok { output, log_id } => {
+                if let Some(id) = log_id {
+                    self.checkers
+                        .acked_writes
+                        .ack(id, &self.checkers.committed)?;
+                }
+                self.finish_op(c, Some(output));
+            }
+            // Only the answer to the current attempt redirects the client.
+            Reply::NotLeader(hint) if attempt == cur.attempt => {
+                let target = hint
+                    .and_then(|h| self.index_of(h))
+                    .filter(|&t| t != cur.target);
+                let target = target.unwrap_or_else(|| self.other_node(cur.target));
+                self.clients[c].leader_guess = hint.and_then(|h| self.index_of(h));
+                let backoff = if hint.is_some() {
+                    0
+                } else {
+                    self.rng.range(MS, 20 * MS)
+                };
+                self.retry(c, target, backoff);
+            }
+            Reply::Retry if attempt == cur.attempt => {
+                let backoff = self.rng.range(MS, 20 * MS);
+                self.retry(c, cur.target, backoff);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn other_node(&mut self, not: usize) -> usize {
+        let n = self.nodes.len() as u64;
+        (not + 1 + self.rng.range(0, n - 1) as usize) % n as usize
+    }
+
+    fn client_timeout(&mut self, c: usize, seq: u64, attempt: u32) {
+        let client = &mut self.clients[c];
+        let Some(cur) = &mut client.current else {
+            return;
+        };
+        if client.seq != seq || cur.attempt != attempt {
+            return;
+        }
+        // The attempt may have reached a node and taken effect.
+        cur.maybe_applied = true;
+        client.leader_guess = None;
+        let target = cur.target;
+        let other = self.other_node(target);
+        self.retry(c, other, 0);
+    }
+
+    /// Ends the current operation: with its output, or (`None`) given up.
+    fn finish_op(&mut self, c: usize, output: Option<KvOutput>) {
+        let Some(cur) = self.clients[c].current.take() else {
+            return;
+        };
+        let op = &mut self.history[cur.op];
+        match output {
+            Some(output) => {
+                if let (KvOp::Get, KvOutput::Value(v)) = (&op.op, &output) {
+                    self.clients[c].last_read.insert(op.key, v.clone());
+                }
+                op.outcome = Outcome::Ok {
+                    ret: self.now,
+                    output,
+                };
+                self.stats.ops_ok += 1;
+            }
+            None if cur.maybe_applied && is_write(&op.op) => {
+                self.stats.ops_unknown += 1;
+            }
+            None => {
+                self.op_state[cur.op].failed = true;
+                self.stats.ops_failed += 1;
+            }
+        }
+        self.op_state[cur.op].done = true;
+        let think = self.think_time();
+        self.schedule(think, Event::ClientNext { client: c });
+    }
+
+    // ------------------------------------------------------------ nemesis
+
+    fn nemesis(&mut self) -> Check {
+        if self.phase != Phase::Faults {
+            return Ok(());
+        }
+        self.stats.faults += 1;
+        let kind = self.rng.pick(&self.profile.faults.clone());
+        *self.stats.faults_by_kind.entry(kind.name()).or_default() += 1;
+        let n = self.nodes.len();
+        let (lo, hi) = self.profile.fault_duration_us;
+        let duration = self.rng.range(lo, hi);
+        match kind {
+            FaultKind::Partition => {
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    let j = self.rng.range(0, i as u64 + 1) as usize;
+                    order.swap(i, j);
+                }
+                let cut = self.rng.range(1, n as u64) as usize;
+                let (a, b) = order.split_at(cut);
+                self.cut_groups(a.to_vec(), b.to_vec(), duration, true);
+            }
+            FaultKind::OneWay => {
+                let x = self.rng.range(0, n as u64) as usize;
+                let others: Vec<usize> = (0..n).filter(|&o| o != x).collect();
+                let inbound = self.rng.chance(0.5);
+                let links: Vec<(usize, usize)> = others
+                    .iter()
+                    .map(|&o| if inbound { (o, x) } else { (x, o) })
+                    .collect();
+                self.log(|| {
+                    format!(
+                        "one-way cut of node {x} ({})",
+                        if inbound {
+                            "cannot receive"
+                        } else {
+                            "cannot send"
+                        }
+                    )
+                });
+                self.cut_links(links, duration);
+            }
+            FaultKind::IsolateLeader => {
+                let leader = self
+                    .current_leader()
+                    .unwrap_or_else(|| self.rng.range(0, n as u64) as usize);
+                let minority = (n - 1) / 2;
+                let extra = self.rng.range(0, minority as u64) as usize;
+                let mut group = vec![leader];
+                let mut others: Vec<usize> = (0..n).filter(|&o| o != leader).collect();
+                for _ in 0..extra {
+                    let k = self.rng.range(0, others.len() as u64) as usize;
+                    group.push(others.swap_remove(k));
+                }
+                self.cut_groups(group, others, duration, true);
+            }
+            FaultKind::Crash => {
+                let count = if self.rng.chance(0.15) {
+                    self.rng.range(1, n as u64 + 1) as usize
+                } else {
+                    1
+                };
+                for k in 0..count {
+                    let node = match self.current_leader() {
+                        Some(l) if k == 0 && self.rng.chance(0.5) => l,
+                        _ => self.rng.range(0, n as u64) as usize,
+                    };
+                    self.crash(node)?;
+                    let down = self.rng.range(lo / 2, hi);
+                    self.schedule(down, Event::Restart { node });
+                }
+            }
+            FaultKind::Pause => {
+                let node = match self.current_leader() {
+                    Some(l) if self.rng.chance(0.5) => l,
+                    _ => self.rng.range(0, n as u64) as usize,
+                };
+                self.log(|| format!("pause node {node} for {duration}us"));
+                self.nodes[node].paused_until = self.now + duration;
+            }
+            FaultKind::ClockSkew => {
+                let node = self.rng.range(0, n as u64) as usize;
+                let factor = self.rng.pick(&[0.25, 0.5, 2.0, 4.0]);
+                let base = self.nodes[node].base_tick_us;
+                self.nodes[node].tick_us = ((base as f64) * factor).max(1.0) as u64;
+                self.log(|| format!("clock of node {node} runs at {factor}x tick length"));
+                self.schedule(duration, Event::Undo(Undo::Clock { node }));
+            }
+        }
+        let (mean, jitter) = (
+            self.profile.fault_interval_us,
+            self.rng.range(0, self.profile.fault_interval_us),
+        );
+        self.schedule(mean / 2 + jitter, Event::Nemesis);
+        Ok(())
+    }
+
+    fn cut_groups(&mut self, a: Vec<usize>, b: Vec<usize>, duration: u64, both_ways: bool) {
+        let mut links = Vec::new();
+        for &x in &a {
+            for &y in &b {
+                links.push((x, y));
+                if both_ways {
+                    links.push((y, x));
+                }
+            }
+        }
+        self.log(|| format!("partition {a:?} | {b:?}"));
+        self.cut_links(links, duration);
+    }
+
+    fn cut_links(&mut self, links: Vec<(usize, usize)>, duration: u64) {
+        for &(x, y) in &links {
+            self.net.set_link(x, y, false);
+        }
+        self.schedule(duration, Event::Undo(Undo::Links(links)));
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        if self.phase != Phase::Faults {
+            return;
+        }
+        match undo {
+            Undo::Links(links) => {
+                for (x, y) in links {
+                    self.net.set_link(x, y, true);
+                }
+            }
+            Undo::Clock { node } => self.nodes[node].tick_us = self.nodes[node].base_tick_us,
+        }
+    }
+
+    fn current_leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                n.raft
+                    .as_ref()
+                    .filter(|r| r.role() == Role::Leader)
+                    .map(|r| (r.term(), i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    // ------------------------------------------------------------ liveness
+
+    fn heal(&mut self) -> Check {
+        self.log(|| "heal: faults stop".to_string());
+        self.net.heal_all();
+        self.net.loss = 0.0;
+        self.net.duplicate = 0.0;
+        for i in 0..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            n.tick_us = n.base_tick_us;
+            n.paused_until = n.paused_until.min(self.now);
+            if n.raft.is_none() {
+                self.start_node(i)?;
+            }
+        }
+        let election = self.profile.election_us();
+        let remaining = self.profile.ops.saturating_sub(self.stats.ops);
+        let max_delay = self.profile.delay_us.1;
+        let deadline = self.now
+            + 20 * election
+            + self.profile.client_timeout_us * 2
+            + remaining * (2 * MS + 8 * max_delay + self.profile.disk_us.1 * 2)
+                / self.profile.clients.max(1);
+        self.phase = Phase::Liveness {
+            since: self.now,
+            deadline,
+        };
+        for c in 0..self.clients.len() {
+            if self.clients[c].current.is_none() {
+                self.schedule(0, Event::ClientNext { client: c });
+            }
+        }
+        Ok(())
+    }
+
+    /// The liveness goal: one leader that every node follows, every node caught up to
+    /// its commit index, and every client operation finished.
+    fn converged(&self) -> bool {
+        if self.stats.ops < self.profile.ops || self.clients.iter().any(|c| c.current.is_some()) {
+            return false;
+        }
+        let Some(l) = self.current_leader() else {
+            return false;
+        };
+        let Some(leader) = &self.nodes[l].raft else {
+            return false;
+        };
+        let (term, commit) = (leader.term(), leader.log().committed());
+        self.nodes.iter().all(|n| {
+            n.raft.as_ref().is_some_and(|r| {
+                r.term() == term
+                    && r.status().leader == Some(leader.id())
+                    && r.log().committed() == commit
+                    && r.log().applied() == commit
+            })
+        })
+    }
+
+    fn liveness_report(&self, since: u64) -> String {
+        let mut s = format!("not converged {}us after healing: ", self.now - since);
+        let pending = self.clients.iter().filter(|c| c.current.is_some()).count();
+        let _ = write!(
+            s,
+            "{pending} client operations pending, {} of {} invoked; ",
+            self.stats.ops, self.profile.ops
+        );
+        for n in &self.nodes {
+            match &n.raft {
+                Some(r) => {
+                    let st = r.status();
+                    let _ = write!(
+                        s,
+                        "[node {} {:?} term {} leader {:?} commit {} applied {}] ",
+                        st.id, st.role, st.term, st.leader, st.committed, st.applied
+                    );
+                }
+                None => {
+                    let _ = write!(s, "[node {} down] ", n.id);
+                }
+            }
+        }
+        s
+    }
+
+    fn finish(&mut self) -> Check {
+        self.checkers.acked_writes.check_everywhere(&self.nodes)?;
+        let history: Vec<Operation> = self
+            .history
+            .iter()
+            .zip(&self.op_state)
+            .filter(|(op, st)| !(st.failed || op.op == KvOp::Get && op.outcome == Outcome::Unknown))
+            .map(|(op, _)| op.clone())
+            .collect();
+        match linearizability::check(&history, self.lin_budget) {
+            CheckResult::Linearizable => Ok(()),
+            CheckResult::NotLinearizable { key, ops, detail } => {
+                let mut text = format!("key {key}: {detail}; operations:");
+                for &i in ops.iter().take(40) {
+                    let _ = write!(text, "\n    {:?}", history[i]);
+                }
+                Err(Violation {
+                    property: "Linearizability",
+                    detail: text,
+                })
+            }
+            CheckResult::Inconclusive { key, steps } => {
+                let on_key: Vec<&Operation> = history.iter().filter(|op| op.key == key).collect();
+                let unknown = on_key
+                    .iter()
+                    .filter(|op| op.outcome == Outcome::Unknown)
+                    .count();
+                Err(Violation {
+                    property: "Linearizability (inconclusive)",
+                    detail: format!(
+                        "the search for key {key} ({} operations, {unknown} with unknown outcome) \
+                         gave up after {steps} steps: neither pass nor fail",
+                        on_key.len()
+                    ),
+                })
+            }
+        }
+    }
+}
