@@ -27,13 +27,20 @@
 //! effect", because nothing observes the store afterwards. An unknown `Get` has no effect
 //! at all and is ignored by the search; an unknown write is kept.
 //!
+//! An operation whose outcome is [`Outcome::MaybeBefore`] is *optional* with a bounded
+//! window: either it took effect at some point of `[invoke, ret]` (with its model effect
+//! and an unconstrained output), or it never took effect at all. Its return event is at
+//! `ret` under the same tie rule as a known op, so if it took effect it precedes every
+//! operation invoked after `ret`; if it did not, it constrains nothing. A `MaybeBefore`
+//! `Get` is equivalent to nothing and is ignored like an unknown one.
+//!
 //! # Malformed input
 //!
-//! An [`Outcome::Ok`] operation with `ret == invoke` is accepted as instantaneous. One
-//! with `ret < invoke` is a bug in whatever recorded the history; [`check`] (and
-//! [`check_brute_force`]) report its key as [`CheckResult::NotLinearizable`] with a
-//! `detail` starting with `"malformed history"`, rather than guessing what was meant.
-//! Nothing in this module panics on any input.
+//! An [`Outcome::Ok`] or [`Outcome::MaybeBefore`] operation with `ret == invoke` is
+//! accepted as instantaneous. One with `ret < invoke` is a bug in whatever recorded the
+//! history; [`check`] (and [`check_brute_force`]) report its key as
+//! [`CheckResult::NotLinearizable`] with a `detail` starting with `"malformed history"`,
+//! rather than guessing what was meant. Nothing in this module panics on any input.
 //!
 //! # Example
 //!
@@ -126,6 +133,17 @@ pub enum Outcome {
     /// The client never learned the outcome (timeout). The op may have taken effect at any
     /// time after its invoke, or never. Its output is unconstrained.
     Unknown,
+    /// The client never learned the outcome, but knows the operation can no longer take
+    /// effect after `ret`: it either took effect at some point in `[invoke, ret]`, or never.
+    /// (The simulator's clients have exactly-once sessions: once a client's next write has
+    /// been applied, an older retried write of the same client is ignored forever, so the
+    /// older write's window closes when the next write returns.) The output is unconstrained.
+    MaybeBefore {
+        /// The end of the window (inclusive): the op took effect by then or never. It must
+        /// not be before the operation's `invoke`; the same tie rule as [`Outcome::Ok`]'s
+        /// `ret` applies.
+        ret: u64,
+    },
 }
 
 /// One operation of the history, as the client saw it.
@@ -211,34 +229,47 @@ impl KvOp {
 ///
 /// Keys are searched in ascending order, and "first" means the smallest such key. A
 /// step is one visit of an event in the Wing–Gong–Lowe search (trying to linearize one
-/// pending operation, or backtracking); a linearizable per-key history with `n`
+/// pending operation, skipping a [`Outcome::MaybeBefore`] one at the end of its window,
+/// or backtracking); a linearizable per-key history with `n`
 /// operations and little concurrency takes roughly `n` to `3n` steps.
 pub fn check(history: &[Operation], step_budget: u64) -> CheckResult {
+    check_counting_steps(history, step_budget).0
+}
+
+/// [`check`], also returning the most search steps any key took (for measurements).
+fn check_counting_steps(history: &[Operation], step_budget: u64) -> (CheckResult, u64) {
     let mut search = Search::default();
     let mut inconclusive = None;
+    let mut most_steps = 0;
     for (key, indices) in group_by_key(history) {
         if let Some(detail) = malformed(history, &indices) {
-            return CheckResult::NotLinearizable {
+            let result = CheckResult::NotLinearizable {
                 key,
                 ops: indices,
                 detail,
             };
+            return (result, most_steps);
         }
         match search.run(history, &indices, step_budget) {
-            KeyVerdict::Linearizable => {}
+            KeyVerdict::Linearizable(steps) => most_steps = most_steps.max(steps),
             KeyVerdict::NotLinearizable(detail) => {
-                return CheckResult::NotLinearizable {
+                let result = CheckResult::NotLinearizable {
                     key,
                     ops: indices,
                     detail,
                 };
+                return (result, most_steps);
             }
             KeyVerdict::OutOfBudget(steps) => {
+                most_steps = most_steps.max(steps);
                 inconclusive.get_or_insert(CheckResult::Inconclusive { key, steps });
             }
         }
     }
-    inconclusive.unwrap_or(CheckResult::Linearizable)
+    (
+        inconclusive.unwrap_or(CheckResult::Linearizable),
+        most_steps,
+    )
 }
 
 /// The most operations on one key that [`check_brute_force`] will search: keys with more
@@ -250,12 +281,13 @@ pub const BRUTE_FORCE_MAX_OPS_PER_KEY: usize = 10;
 /// document the limit.
 ///
 /// It shares nothing with [`check`] but the grouping by key and the malformed-input rule:
-/// for each key it tries every order of *all* the key's operations (unknown ones
-/// included, which accept any output) in which no operation comes after one that
-/// returned strictly before its invoke, running [`KvOp::apply`] on real values. Keys
-/// with more than [`BRUTE_FORCE_MAX_OPS_PER_KEY`] operations are not searched and yield
-/// [`CheckResult::Inconclusive`] with `steps: 0` (unless another key fails). It never
-/// panics.
+/// for each key and each subset of its [`Outcome::MaybeBefore`] operations taken to have
+/// never happened, it tries every order of *all* the other operations (unknown and
+/// maybe-before ones included, which accept any output) in which no operation comes
+/// after one that returned (or whose window closed) strictly before its invoke, running
+/// [`KvOp::apply`] on real values. Keys with more than [`BRUTE_FORCE_MAX_OPS_PER_KEY`]
+/// operations are not searched and yield [`CheckResult::Inconclusive`] with `steps: 0`
+/// (unless another key fails). It never panics.
 pub fn check_brute_force(history: &[Operation]) -> CheckResult {
     let mut inconclusive = None;
     for (key, indices) in group_by_key(history) {
@@ -271,7 +303,7 @@ pub fn check_brute_force(history: &[Operation]) -> CheckResult {
             continue;
         }
         let ops: Vec<&Operation> = indices.iter().map(|&i| &history[i]).collect();
-        if !brute_force_key(&ops, 0, &mut None) {
+        if !brute_force_key_with_omissions(&ops) {
             return CheckResult::NotLinearizable {
                 key,
                 ops: indices,
@@ -286,8 +318,29 @@ pub fn check_brute_force(history: &[Operation]) -> CheckResult {
     inconclusive.unwrap_or(CheckResult::Linearizable)
 }
 
+/// Whether, for some subset of the [`Outcome::MaybeBefore`] ops of `ops` left out (they
+/// never took effect), some order of the rest passes [`brute_force_key`].
+fn brute_force_key_with_omissions(ops: &[&Operation]) -> bool {
+    let optional: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i].outcome, Outcome::MaybeBefore { .. }))
+        .collect();
+    (0..1u32 << optional.len()).any(|omitted| {
+        let kept: Vec<&Operation> = (0..ops.len())
+            .filter(|i| {
+                optional
+                    .iter()
+                    .position(|j| j == i)
+                    .is_none_or(|bit| omitted & (1 << bit) == 0)
+            })
+            .map(|i| ops[i])
+            .collect();
+        brute_force_key(&kept, 0, &mut None)
+    })
+}
+
 /// Depth-first search over every real-time-respecting order of the ops not yet in
-/// `placed` (a bitmask; at most [`BRUTE_FORCE_MAX_OPS_PER_KEY`] ops).
+/// `placed` (a bitmask; at most [`BRUTE_FORCE_MAX_OPS_PER_KEY`] ops). Every op is placed;
+/// only [`Outcome::Ok`] ones have their output checked.
 fn brute_force_key(ops: &[&Operation], placed: u32, state: &mut Option<Vec<u64>>) -> bool {
     let all = (1u32 << ops.len()) - 1;
     if placed == all {
@@ -301,7 +354,11 @@ fn brute_force_key(ops: &[&Operation], placed: u32, state: &mut Option<Vec<u64>>
         let blocked = ops.iter().enumerate().any(|(j, other)| {
             j != i
                 && placed & (1 << j) == 0
-                && matches!(other.outcome, Outcome::Ok { ret, .. } if ret < candidate.invoke)
+                && matches!(
+                    other.outcome,
+                    Outcome::Ok { ret, .. } | Outcome::MaybeBefore { ret }
+                        if ret < candidate.invoke
+                )
         });
         if blocked {
             continue;
@@ -332,11 +389,13 @@ fn group_by_key(history: &[Operation]) -> BTreeMap<u64, Vec<usize>> {
 /// A description of the first op among `indices` that returned before it was invoked.
 fn malformed(history: &[Operation], indices: &[usize]) -> Option<String> {
     indices.iter().find_map(|&i| match history[i].outcome {
-        Outcome::Ok { ret, .. } if ret < history[i].invoke => Some(format!(
-            "malformed history: op #{i} returned at {ret}, before it was invoked at {}: {}",
-            history[i].invoke,
-            describe(i, &history[i])
-        )),
+        Outcome::Ok { ret, .. } | Outcome::MaybeBefore { ret } if ret < history[i].invoke => {
+            Some(format!(
+                "malformed history: op #{i} returned at {ret}, before it was invoked at {}: {}",
+                history[i].invoke,
+                describe(i, &history[i])
+            ))
+        }
         _ => None,
     })
 }
@@ -346,6 +405,9 @@ fn describe(index: usize, op: &Operation) -> String {
     let outcome = match &op.outcome {
         Outcome::Ok { ret, output } => format!("returned {output:?} at {ret}"),
         Outcome::Unknown => "outcome unknown".to_owned(),
+        Outcome::MaybeBefore { ret } => {
+            format!("outcome unknown, took effect by {ret} or never")
+        }
     };
     format!(
         "#{index} (client {}, {:?}, invoked at {}, {outcome})",
@@ -444,25 +506,40 @@ enum Step {
     Impossible,
 }
 
+/// How the search must treat one op, from its [`Outcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// [`Outcome::Ok`]: must be linearized before its return event; output checked.
+    Known,
+    /// [`Outcome::MaybeBefore`]: linearized before its return event (output unchecked),
+    /// or, at its return event, decided never to have taken effect.
+    Optional,
+    /// [`Outcome::Unknown`]: no return event; may be linearized any time, or never.
+    Unknown,
+}
+
 /// One op of the key being searched.
 #[derive(Clone, Copy, Debug)]
 struct SearchOp {
     /// Index into the input history.
     index: usize,
     step: Step,
-    /// Whether the op has a known outcome (and so must be linearized).
-    known: bool,
+    kind: Kind,
 }
 
-/// One linearized op on the backtracking stack.
+/// One decided op on the backtracking stack: linearized, or (an optional op) skipped.
 #[derive(Clone, Copy, Debug)]
 struct Frame {
     op: u32,
     /// The state before it.
     previous: u32,
-    /// Whether it was a read-only op taken without trying alternatives (see
-    /// [`Search::run`]): if it fails, so does the configuration it was taken from.
+    /// Whether it was taken without trying alternatives after it: a read-only op (see
+    /// [`Search::run`]), or an optional op skipped at its return event (the last
+    /// alternative of its configuration). If it fails, so does the configuration it was
+    /// taken from.
     forced: bool,
+    /// Whether this is an optional op decided never to have taken effect.
+    skipped: bool,
 }
 
 /// Which candidates a sweep of the event list considers.
@@ -477,15 +554,16 @@ enum Sweep {
 
 /// What the search concluded for one key.
 enum KeyVerdict {
-    Linearizable,
+    /// With the search steps it took.
+    Linearizable(u64),
     NotLinearizable(String),
     OutOfBudget(u64),
 }
 
 /// The deepest dead end of a failed search, for the report.
 struct DeadEnd {
-    /// Search-op ids of the linearized prefix, in order.
-    prefix: Vec<u32>,
+    /// Search-op ids of the decided prefix, in order, with whether each was skipped.
+    prefix: Vec<(u32, bool)>,
     /// The state id after the prefix.
     state: u32,
     /// The search-op id whose return event could not be passed.
@@ -511,14 +589,16 @@ struct Search {
     /// Per search op: its call and return nodes.
     call_node: Vec<u32>,
     return_node: Vec<u32>,
-    /// Number of ops with a known outcome: they are ops `0..known` (in invoke order);
-    /// the unknown ones follow.
+    /// Number of ops with a return event (known and optional ones): they are ops
+    /// `0..bounded`, in invoke order; the unknown ones follow.
+    bounded: usize,
+    /// Number of known ops (those that must be linearized).
     known: usize,
-    /// The set of linearized ops: `known_words` words for the known ops, then the words
-    /// for the unknown ones.
+    /// The set of decided ops (linearized, or skipped optional ones): `bounded_words`
+    /// words for the bounded ops, then the words for the unknown ones.
     linearized: Vec<u64>,
-    known_words: usize,
-    /// `linearized[..low]` are all ones and `linearized[high..known_words]` all zeros,
+    bounded_words: usize,
+    /// `linearized[..low]` are all ones and `linearized[high..bounded_words]` all zeros,
     /// with `low` as large and `high` as small as possible (`low <= high`).
     low: usize,
     high: usize,
@@ -566,15 +646,18 @@ impl Search {
         debug_assert_eq!(absent, ABSENT);
     }
 
-    /// Precomputes the step of one op; `None` for an op the search can ignore (an
-    /// unknown `Get`).
+    /// Precomputes the step of one op; `None` for an op the search can ignore (a `Get`
+    /// with an unknown or maybe-before outcome).
     fn search_op(&mut self, index: usize, op: &Operation) -> Option<SearchOp> {
-        let output = match &op.outcome {
-            Outcome::Ok { output, .. } => Some(output),
-            Outcome::Unknown => None,
+        let (output, kind) = match &op.outcome {
+            Outcome::Ok { output, .. } => (Some(output), Kind::Known),
+            Outcome::MaybeBefore { .. } => (None, Kind::Optional),
+            Outcome::Unknown => (None, Kind::Unknown),
         };
         let step = match (&op.op, output) {
-            // An unknown Get neither constrains nor changes anything.
+            // A Get whose output is unknown neither constrains nor changes anything (a
+            // maybe-before one may also be dropped: dropping it is one of its options,
+            // and the least constrained one).
             (KvOp::Get, None) => return None,
             (KvOp::Get, Some(KvOutput::Value(value))) => Step::Get {
                 expect: self.intern(value),
@@ -595,11 +678,7 @@ impl Search {
             // An output of the wrong kind for the op.
             _ => Step::Impossible,
         };
-        Some(SearchOp {
-            index,
-            step,
-            known: output.is_some(),
-        })
+        Some(SearchOp { index, step, kind })
     }
 
     /// The state after linearizing op `op` in `state`, or `None` if its output does not
@@ -637,15 +716,18 @@ impl Search {
 
     /// Builds the doubly-linked event list for the current `ops`.
     fn build_events(&mut self, history: &[Operation]) {
-        // (time, class, op): class 0 = call, 1 = return, 2 = the return of an unknown op
-        // (at +infinity). Calls sort before returns at equal times, so an op returning at
-        // `t` does not precede an op invoked at `t`.
+        // (time, class, op): class 0 = call, 1 = return (of a known op, or the end of an
+        // optional op's window), 2 = the return of an unknown op (at +infinity). Calls
+        // sort before returns at equal times, so an op returning at `t` does not precede
+        // an op invoked at `t`.
         let mut events: Vec<(u64, u8, u32)> = Vec::with_capacity(2 * self.ops.len());
         for (id, op) in self.ops.iter().enumerate() {
             let record = &history[op.index];
             events.push((record.invoke, 0, id as u32));
             match record.outcome {
-                Outcome::Ok { ret, .. } => events.push((ret, 1, id as u32)),
+                Outcome::Ok { ret, .. } | Outcome::MaybeBefore { ret } => {
+                    events.push((ret, 1, id as u32));
+                }
                 Outcome::Unknown => events.push((u64::MAX, 2, id as u32)),
             }
         }
@@ -706,11 +788,11 @@ impl Search {
     #[inline]
     fn position(&self, op: u32) -> (usize, u64) {
         let op = op as usize;
-        let (word, bit) = if op < self.known {
+        let (word, bit) = if op < self.bounded {
             (op / 64, op % 64)
         } else {
-            let unknown = op - self.known;
-            (self.known_words + unknown / 64, unknown % 64)
+            let unknown = op - self.bounded;
+            (self.bounded_words + unknown / 64, unknown % 64)
         };
         (word, 1 << bit)
     }
@@ -720,9 +802,9 @@ impl Search {
     fn set_linearized(&mut self, op: u32) {
         let (word, bit) = self.position(op);
         self.linearized[word] |= bit;
-        if word < self.known_words {
+        if word < self.bounded_words {
             self.high = self.high.max(word + 1);
-            while self.low < self.known_words && self.linearized[self.low] == u64::MAX {
+            while self.low < self.bounded_words && self.linearized[self.low] == u64::MAX {
                 self.low += 1;
             }
         }
@@ -733,7 +815,7 @@ impl Search {
     fn clear_linearized(&mut self, op: u32) {
         let (word, bit) = self.position(op);
         self.linearized[word] &= !bit;
-        if word < self.known_words {
+        if word < self.bounded_words {
             self.low = self.low.min(word);
             while self.high > self.low && self.linearized[self.high - 1] == 0 {
                 self.high -= 1;
@@ -741,11 +823,16 @@ impl Search {
         }
     }
 
-    /// Writes the memo key of the configuration (linearized set, `state`) to `key`:
-    /// `low`, the known-op words `low..high` (those before are all ones, those after
-    /// all zeros), the unknown-op words, and the state id. The key is exact: the
-    /// configuration can be read back from it. Since known ops are numbered in invoke
-    /// order, `high - low` stays around the concurrency of the history, not its length.
+    /// Writes the memo key of the configuration (decided set, `state`) to `key`: `low`,
+    /// the bounded-op words `low..high` (those before are all ones, those after all
+    /// zeros), the unknown-op words, and the state id. The key is exact: the
+    /// configuration can be read back from it. Since bounded ops are numbered in invoke
+    /// order and each is decided by its return event, `high - low` stays around the
+    /// concurrency of the history, not its length.
+    ///
+    /// A skipped optional op and a linearized one share a bit: both are out of the
+    /// event list for good, so the configuration's future depends only on the set and
+    /// the state, not on which way each op was decided.
     #[inline]
     fn memo_key(&mut self, state: u32) {
         self.key.clear();
@@ -753,7 +840,7 @@ impl Search {
         self.key
             .extend_from_slice(&self.linearized[self.low..self.high]);
         self.key
-            .extend_from_slice(&self.linearized[self.known_words..]);
+            .extend_from_slice(&self.linearized[self.bounded_words..]);
         self.key.push(u64::from(state));
     }
 
@@ -777,22 +864,36 @@ impl Search {
     ///
     /// This is Lowe's WGL loop over the event list (candidates are the calls before the
     /// first remaining return; linearizing one lifts its call and return; reaching a
-    /// return means backtracking; a memo of `(linearized set, state)` configurations
-    /// stops any configuration from being explored twice), with two refinements:
+    /// return means backtracking; a memo of `(decided set, state)` configurations stops
+    /// any configuration from being explored twice), with three refinements:
     ///
     /// - **Unknown ops** have their return at +infinity, so they stay candidates
     ///   forever; the search succeeds as soon as every *known* op is linearized (any
-    ///   unknown ones left take effect at the end, or never, which no one observes).
+    ///   unknown or optional ops left take effect at the end, or never, which no one
+    ///   observes).
+    /// - **Optional ops** ([`Outcome::MaybeBefore`]) are candidates like any other until
+    ///   their return event. When the sweep of all candidates reaches the return event of
+    ///   an optional op (so it is not linearized, and every candidate before the event
+    ///   has been tried), the search has one more alternative instead of backtracking:
+    ///   *skip* it, i.e. decide it never took effect. A skip adds the op to the decided
+    ///   set, lifts its events and leaves the state unchanged. This is sound (an optional
+    ///   op may be left out, and it no longer constrains anything once left out) and
+    ///   complete (a linearization that leaves the op out can be followed step by step,
+    ///   skipping the op exactly when its return event is the first one left: the ops
+    ///   still to place are then all invoked after its window closed). Since it is the
+    ///   last alternative of its configuration, a skip is pushed as a *forced* frame.
     /// - **Read-only ops first.** At each new configuration a first sweep looks for a
     ///   candidate that never changes the state (a `Get`, or a `Cas` known to have
     ///   failed) and is valid in the current state. If there is one, it is taken and *no
-    ///   alternative is tried*: any linearization from here can be rewritten to place
-    ///   that op first (it is a candidate, so nothing unlinearized must precede it; it
-    ///   is valid here; and it changes nothing wherever it was, so the ops it jumps over
-    ///   see the same states). So if the configuration after it fails, the current one
-    ///   fails too and the search backtracks past it. This removes the branching over where to put reads among
-    ///   concurrent writes, which is most of WGL's work on read-heavy histories. Only if
-    ///   there is no such op does the plain sweep over all candidates run.
+    ///   alternative is tried*: any way to finish from here can be rewritten to place
+    ///   that op first (it is a candidate, so nothing undecided must precede it; it is
+    ///   valid here; it changes nothing wherever it was, so the ops it jumps over see the
+    ///   same states; and skipping an optional op neither changes the state nor depends
+    ///   on the read, so the skips it jumps over stay valid). So if the configuration
+    ///   after it fails, the current one fails too and the search backtracks past it.
+    ///   This removes the branching over where to put reads among concurrent writes,
+    ///   which is most of WGL's work on read-heavy histories. Only if there is no such op
+    ///   does the plain sweep over all candidates run.
     fn run(&mut self, history: &[Operation], indices: &[usize], budget: u64) -> KeyVerdict {
         self.reset();
         for &index in indices {
@@ -800,21 +901,26 @@ impl Search {
                 self.ops.push(op);
             }
         }
-        // Number the known ops in invoke order, then the unknown ones: the known ops are
-        // linearized roughly in that order, which keeps memo keys short.
+        // Number the bounded ops in invoke order, then the unknown ones: the bounded ops
+        // are decided roughly in that order, which keeps memo keys short.
         self.ops
-            .sort_by_key(|op| (!op.known, history[op.index].invoke, op.index));
-        self.known = self.ops.iter().filter(|op| op.known).count();
+            .sort_by_key(|op| (op.kind == Kind::Unknown, history[op.index].invoke, op.index));
+        self.bounded = self
+            .ops
+            .iter()
+            .filter(|op| op.kind != Kind::Unknown)
+            .count();
+        self.known = self.ops.iter().filter(|op| op.kind == Kind::Known).count();
         let mut pending_known = self.known;
         if pending_known == 0 {
-            return KeyVerdict::Linearizable;
+            return KeyVerdict::Linearizable(0);
         }
         self.build_events(history);
 
-        self.known_words = self.known.div_ceil(64);
+        self.bounded_words = self.bounded.div_ceil(64);
         self.linearized.clear();
         self.linearized.resize(
-            self.known_words + (self.ops.len() - self.known).div_ceil(64),
+            self.bounded_words + (self.ops.len() - self.bounded).div_ceil(64),
             0,
         );
         (self.low, self.high) = (0, 0);
@@ -839,29 +945,26 @@ impl Search {
                     Sweep::ReadOnly | Sweep::All => self.step(state, op),
                 };
                 if let Some(next_state) = next_state {
-                    self.set_linearized(op);
-                    self.memo_key(next_state);
-                    if !self.seen.contains(self.key.as_slice()) {
-                        self.seen.insert(self.key.clone());
+                    if self.try_decide(op, next_state) {
                         self.stack.push(Frame {
                             op,
                             previous: state,
                             forced: sweep == Sweep::ReadOnly,
+                            skipped: false,
                         });
                         state = next_state;
-                        self.lift(op);
-                        if self.ops[op as usize].known {
+                        if self.ops[op as usize].kind == Kind::Known {
                             pending_known -= 1;
                             if pending_known == 0 {
-                                // Any unknown ops left can go at the end (or never happen).
-                                return KeyVerdict::Linearizable;
+                                // Any unknown or optional ops left can go at the end (or
+                                // never happen).
+                                return KeyVerdict::Linearizable(steps);
                             }
                         }
                         entry = self.next[head as usize];
                         sweep = Sweep::ReadOnly;
                         continue;
                     }
-                    self.clear_linearized(op);
                     // A configuration seen before and not on the current path has failed.
                     // For a forced read-only op, that means the current one fails too.
                     dead_end = sweep == Sweep::ReadOnly;
@@ -877,15 +980,41 @@ impl Search {
             } else {
                 // The first return event (the tail cannot be reached while a known op is
                 // pending, since its return is in the list; it is handled the same way
-                // regardless): its op was not linearized in time.
-                if deepest
+                // regardless): its op was not linearized in time. Every candidate before
+                // it has been tried; an optional op may still be skipped.
+                let op = self
+                    .event_op
+                    .get(entry as usize)
+                    .copied()
+                    .unwrap_or(u32::MAX);
+                if self
+                    .ops
+                    .get(op as usize)
+                    .is_some_and(|search_op| search_op.kind == Kind::Optional)
+                {
+                    if self.try_decide(op, state) {
+                        self.stack.push(Frame {
+                            op,
+                            previous: state,
+                            forced: true,
+                            skipped: true,
+                        });
+                        entry = self.next[head as usize];
+                        sweep = Sweep::ReadOnly;
+                        continue;
+                    }
+                } else if deepest
                     .as_ref()
                     .is_none_or(|d| self.stack.len() > d.prefix.len())
                 {
                     deepest = Some(DeadEnd {
-                        prefix: self.stack.iter().map(|frame| frame.op).collect(),
+                        prefix: self
+                            .stack
+                            .iter()
+                            .map(|frame| (frame.op, frame.skipped))
+                            .collect(),
                         state,
-                        blocker: self.event_op.get(entry as usize).copied().unwrap_or(0),
+                        blocker: op,
                     });
                 }
             }
@@ -898,7 +1027,7 @@ impl Search {
                 state = frame.previous;
                 self.clear_linearized(frame.op);
                 self.unlift(frame.op);
-                if self.ops[frame.op as usize].known {
+                if self.ops[frame.op as usize].kind == Kind::Known {
                     pending_known += 1;
                 }
                 if !frame.forced {
@@ -909,6 +1038,22 @@ impl Search {
                 }
             }
         }
+    }
+
+    /// Decides op `op` (linearized, or skipped if `state` is the current state), leading
+    /// to `state`, if that configuration has not been seen: records it in the memo,
+    /// marks the op decided and lifts its events. Returns whether it did.
+    #[inline]
+    fn try_decide(&mut self, op: u32, state: u32) -> bool {
+        self.set_linearized(op);
+        self.memo_key(state);
+        if self.seen.contains(self.key.as_slice()) {
+            self.clear_linearized(op);
+            return false;
+        }
+        self.seen.insert(self.key.clone());
+        self.lift(op);
+        true
     }
 
     /// Explains a failed search.
@@ -922,7 +1067,12 @@ impl Search {
             return detail;
         };
         const SHOWN: usize = 40;
-        let prefix = &dead_end.prefix;
+        let prefix: Vec<u32> = dead_end
+            .prefix
+            .iter()
+            .filter(|&&(_, skipped)| !skipped)
+            .map(|&(op, _)| op)
+            .collect();
         let _ = write!(
             detail,
             "; the longest linearizable prefix found has {} ops: [",
@@ -936,8 +1086,31 @@ impl Search {
             let sep = if n == 0 { "" } else { ", " };
             let _ = write!(detail, "{sep}#{}", self.ops[op as usize].index);
         }
+        detail.push(']');
+        let skipped: Vec<u32> = dead_end
+            .prefix
+            .iter()
+            .filter(|&&(_, skipped)| skipped)
+            .map(|&(op, _)| op)
+            .collect();
+        if !skipped.is_empty() {
+            let _ = write!(
+                detail,
+                " ({} maybe-before ops taken never to have happened: [",
+                skipped.len()
+            );
+            if skipped.len() > SHOWN {
+                detail.push_str("..., ");
+            }
+            let shown = &skipped[skipped.len().saturating_sub(SHOWN)..];
+            for (n, &op) in shown.iter().enumerate() {
+                let sep = if n == 0 { "" } else { ", " };
+                let _ = write!(detail, "{sep}#{}", self.ops[op as usize].index);
+            }
+            detail.push_str("])");
+        }
         let value = self.values.get(dead_end.state as usize).cloned().flatten();
-        let _ = write!(detail, "], after which the value is {value:?}");
+        let _ = write!(detail, ", after which the value is {value:?}");
         if let Some(blocker) = self.ops.get(dead_end.blocker as usize) {
             let _ = write!(
                 detail,
@@ -974,6 +1147,28 @@ mod tests {
             invoke,
             outcome: Outcome::Unknown,
         }
+    }
+
+    fn maybe(client: u64, key: u64, op: KvOp, invoke: u64, ret: u64) -> Operation {
+        Operation {
+            client,
+            key,
+            op,
+            invoke,
+            outcome: Outcome::MaybeBefore { ret },
+        }
+    }
+
+    fn maybe_put(c: u64, invoke: u64, ret: u64, value: u64) -> Operation {
+        maybe(c, 0, KvOp::Put { value }, invoke, ret)
+    }
+
+    fn maybe_cas(c: u64, invoke: u64, ret: u64, expected: Option<&[u64]>, new: u64) -> Operation {
+        let op = KvOp::Cas {
+            expected: expected.map(<[u64]>::to_vec),
+            new,
+        };
+        maybe(c, 0, op, invoke, ret)
     }
 
     fn put(c: u64, invoke: u64, ret: u64, value: u64) -> Operation {
@@ -1154,6 +1349,199 @@ mod tests {
             unknown(2, 0, KvOp::Get, 5),
             get(2, 20, 30, Some(&[1])),
         ]);
+    }
+
+    #[test]
+    fn maybe_before_put_observed_within_its_window_passes() {
+        // A read that returned before the window closed saw the put.
+        assert_pass(&[maybe_put(1, 0, 50, 1), get(2, 10, 20, Some(&[1]))]);
+        // So did a read after the window closed: it took effect within the window.
+        assert_pass(&[
+            maybe_put(1, 0, 50, 1),
+            get(2, 10, 20, Some(&[1])),
+            get(2, 60, 70, Some(&[1])),
+        ]);
+        assert_pass(&[maybe_put(1, 0, 50, 1), get(2, 60, 70, Some(&[1]))]);
+        // Having taken effect, it precedes every op invoked after its window.
+        assert_fail(&[
+            maybe_put(1, 0, 50, 1),
+            get(2, 10, 20, Some(&[1])),
+            get(2, 60, 70, None),
+        ]);
+    }
+
+    #[test]
+    fn maybe_before_put_cannot_take_effect_after_its_window() {
+        // A read after the window saw nothing, so the put had not taken effect by 10;
+        // it cannot take effect later, so the last read has no explanation.
+        let history = [
+            maybe_put(1, 0, 10, 1),
+            get(2, 11, 12, None),
+            get(3, 20, 30, Some(&[1])),
+        ];
+        let detail = assert_fail(&history);
+        assert!(detail.contains("#2"), "{detail}");
+        // With an unknown outcome (no window) the put may take effect at 15.
+        let mut unbounded = history.clone();
+        unbounded[0].outcome = Outcome::Unknown;
+        assert_pass(&unbounded);
+        // Likewise, it cannot be ordered after a put that started after its window.
+        assert_fail(&[
+            maybe_put(1, 0, 10, 1),
+            put(2, 11, 12, 2),
+            get(3, 20, 30, Some(&[1])),
+        ]);
+        // But at the very end of its window it is concurrent with an op invoked then.
+        assert_pass(&[
+            maybe_put(1, 0, 10, 1),
+            put(2, 10, 12, 2),
+            get(3, 20, 30, Some(&[1])),
+        ]);
+    }
+
+    #[test]
+    fn maybe_before_put_never_observed_passes() {
+        assert_pass(&[
+            maybe_put(1, 0, 10, 1),
+            get(2, 5, 8, None),
+            get(2, 20, 30, None),
+        ]);
+        // A later write hides it either way.
+        assert_pass(&[
+            maybe_put(1, 0, 10, 1),
+            get(2, 5, 8, None),
+            put(2, 20, 30, 2),
+            get(3, 40, 50, Some(&[2])),
+        ]);
+        // Several of them, none observed, around known ops.
+        assert_pass(&[
+            maybe_put(1, 0, 10, 1),
+            maybe(2, 0, KvOp::Append { value: 2 }, 5, 25),
+            append(3, 0, 30, 3),
+            maybe(4, 0, KvOp::Delete, 20, 40),
+            get(5, 50, 60, Some(&[3])),
+        ]);
+    }
+
+    #[test]
+    fn maybe_before_cas_effect_needed_to_explain_a_read_passes() {
+        assert_pass(&[
+            put(1, 0, 1, 1),
+            maybe_cas(2, 2, 10, Some(&[1]), 2),
+            get(3, 20, 30, Some(&[2])),
+        ]);
+        // It cannot swap when its expectation holds only after its window.
+        assert_fail(&[
+            put(1, 0, 1, 5),
+            maybe_cas(2, 2, 10, Some(&[1]), 2),
+            put(1, 11, 12, 1),
+            get(3, 20, 30, Some(&[2])),
+        ]);
+        // Nor when it never holds.
+        assert_fail(&[
+            put(1, 0, 1, 5),
+            maybe_cas(2, 2, 10, Some(&[1]), 2),
+            get(3, 20, 30, Some(&[2])),
+        ]);
+    }
+
+    #[test]
+    fn maybe_before_cas_that_would_contradict_a_read_is_omitted() {
+        // Placed anywhere in its window it would swap (the value is [1] throughout), so
+        // the read is explained only by its never having taken effect.
+        assert_pass(&[
+            put(1, 0, 1, 1),
+            maybe_cas(2, 2, 10, Some(&[1]), 2),
+            get(3, 20, 30, Some(&[1])),
+        ]);
+        // Also when the read is concurrent with it.
+        assert_pass(&[
+            put(1, 0, 1, 1),
+            maybe_cas(2, 2, 10, Some(&[1]), 2),
+            get(3, 5, 30, Some(&[1])),
+            get(3, 40, 50, Some(&[1])),
+        ]);
+    }
+
+    #[test]
+    fn maybe_before_ops_and_the_read_first_shortcut() {
+        // A read valid now is placed first, before the optional put is decided: it must
+        // not matter whether the put then takes effect or not.
+        assert_pass(&[
+            get(3, 0, 30, None),
+            maybe_put(1, 0, 10, 1),
+            get(4, 20, 30, Some(&[1])),
+        ]);
+        assert_pass(&[
+            get(3, 0, 30, None),
+            maybe_put(1, 0, 10, 1),
+            get(4, 20, 30, None),
+        ]);
+        // A failed cas placed first, then an optional delete that must take effect.
+        assert_pass(&[
+            put(1, 0, 1, 1),
+            cas(3, 2, 30, Some(&[7]), 9, false),
+            maybe(2, 0, KvOp::Delete, 2, 10),
+            get(4, 20, 30, None),
+        ]);
+        // A read that must come after an optional put that took effect.
+        assert_pass(&[
+            maybe_put(1, 0, 10, 1),
+            get(3, 5, 30, Some(&[1])),
+            get(4, 20, 30, Some(&[1])),
+        ]);
+        assert_fail(&[
+            maybe_put(1, 0, 10, 1),
+            get(3, 5, 30, Some(&[1])),
+            get(4, 20, 30, None),
+        ]);
+    }
+
+    #[test]
+    fn maybe_before_get_is_ignored() {
+        // A maybe-before read "seeing" anything constrains nothing (its output is not
+        // recorded), and it has no effect.
+        assert_pass(&[
+            maybe(2, 0, KvOp::Get, 0, 5),
+            put(1, 10, 20, 1),
+            get(2, 30, 40, Some(&[1])),
+        ]);
+        assert_eq!(
+            check(&[maybe(2, 0, KvOp::Get, 0, 5)], 0),
+            CheckResult::Linearizable
+        );
+    }
+
+    #[test]
+    fn only_maybe_before_ops_need_no_search() {
+        assert_eq!(
+            check(&[maybe_put(1, 0, 5, 1), maybe_cas(1, 6, 9, None, 2)], 0),
+            CheckResult::Linearizable
+        );
+    }
+
+    #[test]
+    fn maybe_before_window_may_be_a_single_instant() {
+        assert_pass(&[maybe_put(1, 5, 5, 1), get(2, 5, 6, None)]);
+        assert_pass(&[maybe_put(1, 5, 5, 1), get(2, 6, 7, Some(&[1]))]);
+        assert_fail(&[maybe_put(1, 5, 5, 1), get(2, 0, 4, Some(&[1]))]);
+        assert_fail(&[
+            maybe_put(1, 5, 5, 1),
+            get(2, 6, 7, None),
+            get(2, 8, 9, Some(&[1])),
+        ]);
+    }
+
+    #[test]
+    fn failure_detail_lists_the_maybe_before_ops_left_out() {
+        let detail = assert_fail(&[
+            put(1, 0, 1, 1),
+            maybe_cas(2, 2, 10, Some(&[1]), 2),
+            get(3, 20, 30, Some(&[1])),
+            get(3, 40, 50, Some(&[2])),
+        ]);
+        assert!(detail.contains("never to have happened: [#1]"), "{detail}");
+        assert!(detail.contains("#3 (client 3, Get"), "{detail}");
     }
 
     #[test]
@@ -1424,20 +1812,25 @@ mod tests {
 
     #[test]
     fn malformed_ops_fail_without_panicking() {
-        let history = [put(1, 10, 5, 1)];
-        for result in [check(&history, BUDGET), check_brute_force(&history)] {
-            match result {
-                CheckResult::NotLinearizable { key, ops, detail } => {
-                    assert_eq!((key, ops), (0, vec![0]));
-                    assert!(detail.starts_with("malformed history"), "{detail}");
+        for history in [[put(1, 10, 5, 1)], [maybe_put(1, 10, 5, 1)]] {
+            for result in [check(&history, BUDGET), check_brute_force(&history)] {
+                match result {
+                    CheckResult::NotLinearizable { key, ops, detail } => {
+                        assert_eq!((key, ops), (0, vec![0]));
+                        assert!(detail.starts_with("malformed history"), "{detail}");
+                    }
+                    other => panic!("expected NotLinearizable, got {other:?}"),
                 }
-                other => panic!("expected NotLinearizable, got {other:?}"),
             }
         }
         // Extreme times do not overflow anything.
         assert_pass(&[
             put(1, u64::MAX - 1, u64::MAX, 1),
             unknown(1, 0, KvOp::Delete, u64::MAX),
+            get(2, u64::MAX, u64::MAX, Some(&[1])),
+        ]);
+        assert_pass(&[
+            maybe_put(1, u64::MAX - 1, u64::MAX, 1),
             get(2, u64::MAX, u64::MAX, Some(&[1])),
         ]);
     }
@@ -1579,6 +1972,15 @@ mod tests {
                 *ret = record.invoke + length;
             }
             (Outcome::Unknown, 0..3) => record.invoke = rng.below(40),
+            (Outcome::MaybeBefore { ret }, 0..3) => {
+                let length = *ret - record.invoke;
+                record.invoke = rng.below(40);
+                *ret = record.invoke + length;
+            }
+            // Close the window earlier: the op may have taken effect after the new end.
+            (Outcome::MaybeBefore { ret }, 3..6) => {
+                *ret = record.invoke + rng.below(*ret - record.invoke + 1);
+            }
             (Outcome::Ok { output, .. }, _) => match output {
                 KvOutput::Value(value) => {
                     let changed = match value {
@@ -1611,7 +2013,7 @@ mod tests {
                 }
             },
             // An unknown op becomes a known one with a plausible-looking output.
-            (Outcome::Unknown, _) => {
+            (Outcome::Unknown | Outcome::MaybeBefore { .. }, _) => {
                 let output = match record.op {
                     KvOp::Get => KvOutput::Value(random_value(rng, written)),
                     KvOp::Cas { .. } => KvOutput::Cas(rng.chance(50)),
@@ -1626,8 +2028,9 @@ mod tests {
     }
 
     /// A small random history: 1–3 keys, at most 7 ops per key, heavily overlapping
-    /// intervals (with many equal timestamps), some unknown outcomes; outputs come from a
-    /// real sequential execution, then half the histories get one perturbation.
+    /// intervals (with many equal timestamps), some unknown and some maybe-before
+    /// outcomes (half of each took effect); outputs come from a real sequential
+    /// execution, then 80% of the histories get one perturbation.
     fn small_random_history(rng: &mut TestRng) -> Vec<Operation> {
         let keys = 1 + rng.below(3);
         let mut history = Vec::new();
@@ -1639,9 +2042,13 @@ mod tests {
                 let invoke = rng.below(30);
                 let ret = invoke + rng.below(15);
                 let point = invoke + rng.below(ret - invoke + 1);
-                if rng.chance(15) {
+                let roll = rng.below(100);
+                if roll < 15 {
                     points.push(rng.chance(50).then_some(point));
                     history.push(unknown(rng.below(4), key, op, invoke));
+                } else if roll < 40 {
+                    points.push(rng.chance(50).then_some(point));
+                    history.push(maybe(rng.below(4), key, op, invoke, ret));
                 } else {
                     points.push(Some(point));
                     history.push(ok(rng.below(4), key, op, invoke, ret, KvOutput::Unit));
@@ -1650,7 +2057,7 @@ mod tests {
         }
         let written: Vec<u64> = (1..=next_id).collect();
         execute(rng, &mut history, &points, &written);
-        if rng.chance(70) {
+        if rng.chance(80) {
             perturb(rng, &mut history, &written);
         }
         history
@@ -1661,7 +2068,8 @@ mod tests {
         const HISTORIES: usize = 5_000;
         let mut rng = TestRng(0x5EED_0001);
         let (mut linearizable, mut not) = (0usize, 0usize);
-        let mut with_unknown = 0usize;
+        let (mut with_unknown, mut with_maybe, mut with_maybe_write) = (0usize, 0usize, 0usize);
+        let (mut maybe_linearizable, mut maybe_not) = (0usize, 0usize);
         for n in 0..HISTORIES {
             let history = small_random_history(&mut rng);
             let fast = check(&history, BUDGET);
@@ -1686,6 +2094,18 @@ mod tests {
             if history.iter().any(|op| op.outcome == Outcome::Unknown) {
                 with_unknown += 1;
             }
+            let is_maybe = |op: &Operation| matches!(op.outcome, Outcome::MaybeBefore { .. });
+            if history.iter().any(is_maybe) {
+                with_maybe += 1;
+            }
+            if history.iter().any(|op| is_maybe(op) && op.op != KvOp::Get) {
+                with_maybe_write += 1;
+                if fast.is_linearizable() {
+                    maybe_linearizable += 1;
+                } else {
+                    maybe_not += 1;
+                }
+            }
             if fast.is_linearizable() {
                 linearizable += 1;
             } else {
@@ -1694,13 +2114,24 @@ mod tests {
         }
         eprintln!(
             "cross-check: {HISTORIES} random histories, {linearizable} linearizable, {not} not \
-             ({with_unknown} with unknown outcomes); check and check_brute_force agree on all"
+             ({with_unknown} with unknown outcomes, {with_maybe} with maybe-before ones, \
+             {with_maybe_write} with a maybe-before write: {maybe_linearizable} linearizable, \
+             {maybe_not} not); check and check_brute_force agree on all"
         );
         assert!(
             linearizable * 5 >= HISTORIES,
             "too few linearizable: {linearizable}"
         );
         assert!(not * 5 >= HISTORIES, "too few non-linearizable: {not}");
+        assert!(
+            maybe_linearizable * 5 >= with_maybe_write && maybe_not * 5 >= with_maybe_write,
+            "histories with a maybe-before write: {maybe_linearizable} linearizable, \
+             {maybe_not} not"
+        );
+        assert!(
+            with_maybe_write * 3 >= HISTORIES,
+            "too few with a maybe-before write: {with_maybe_write}"
+        );
     }
 
     /// A realistic history: `clients` clients each issue ops back to back on random keys;
@@ -1712,6 +2143,22 @@ mod tests {
         keys: u64,
         clients: u64,
         unknown_percent: u64,
+    ) -> Vec<Operation> {
+        realistic_history_with_windows(rng, ops, keys, clients, unknown_percent, 0)
+    }
+
+    /// [`realistic_history`], where in addition `maybe_percent`% of the writes (among
+    /// those that did not get an unknown outcome) time out with a bounded window: the
+    /// client gives up after [`CLIENT_TIMEOUT`] ticks and moves on, and the write's
+    /// window closes a little later (as when the client's next write returns). Half of
+    /// them take effect, at a random point of their window.
+    fn realistic_history_with_windows(
+        rng: &mut TestRng,
+        ops: usize,
+        keys: u64,
+        clients: u64,
+        unknown_percent: u64,
+        maybe_percent: u64,
     ) -> Vec<Operation> {
         let mut history = Vec::with_capacity(ops);
         let mut points = Vec::with_capacity(ops);
@@ -1729,6 +2176,12 @@ mod tests {
                 history.push(unknown(client, key, op, invoke));
                 // The client gives up after a timeout and moves on.
                 clock[client as usize] = invoke + 1_000;
+            } else if maybe_percent > 0 && op != KvOp::Get && rng.chance(maybe_percent) {
+                let end = invoke + CLIENT_TIMEOUT + 1 + rng.below(200);
+                let point = invoke + rng.below(end - invoke + 1);
+                points.push(rng.chance(50).then_some(point));
+                history.push(maybe(client, key, op, invoke, end));
+                clock[client as usize] = invoke + CLIENT_TIMEOUT;
             } else {
                 points.push(Some(point));
                 history.push(ok(client, key, op, invoke, ret, KvOutput::Unit));
@@ -1739,6 +2192,10 @@ mod tests {
         execute(rng, &mut history, &points, &written);
         history
     }
+
+    /// How long a client waits for a response before it moves on, in
+    /// [`realistic_history_with_windows`]: about two op lengths.
+    const CLIENT_TIMEOUT: u64 = 300;
 
     /// The load the simulator produces: 2,000 ops over 20 keys (about 100 per key) from 8
     /// clients. Each key needs fewer than 600 search steps (measured); the budget of
@@ -1767,6 +2224,43 @@ mod tests {
                 ops / elapsed.as_secs_f64()
             );
         }
+    }
+
+    /// The motivating load: 2,000 ops over 5 keys (about 400 per key) from 8 clients,
+    /// where 15% of the writes time out with a window that closes a few ops later
+    /// ([`Outcome::MaybeBefore`]) and 2% of the ops time out for good
+    /// ([`Outcome::Unknown`]). Every history must pass within 2,000,000 steps per key.
+    #[test]
+    fn histories_with_maybe_before_writes_check_fast() {
+        const OPS: usize = 2_000;
+        const KEYS: u64 = 5;
+        const RUNS: u64 = 20;
+        const BUDGET_PER_KEY: u64 = 2_000_000;
+        let histories: Vec<Vec<Operation>> = (0..RUNS)
+            .map(|seed| {
+                realistic_history_with_windows(&mut TestRng(seed * 17 + 3), OPS, KEYS, 8, 2, 15)
+            })
+            .collect();
+        let start = Instant::now();
+        let mut most_steps = 0;
+        for history in &histories {
+            let (result, steps) = check_counting_steps(history, BUDGET_PER_KEY);
+            assert_eq!(result, CheckResult::Linearizable);
+            most_steps = most_steps.max(steps);
+        }
+        let elapsed = start.elapsed();
+        let count = |pred: &dyn Fn(&Operation) -> bool| {
+            histories.iter().flatten().filter(|op| pred(op)).count() as f64 / RUNS as f64
+        };
+        let maybe = count(&|op| matches!(op.outcome, Outcome::MaybeBefore { .. }));
+        let unknown = count(&|op| op.outcome == Outcome::Unknown && op.op != KvOp::Get);
+        eprintln!(
+            "performance (maybe-before writes): {RUNS} histories of {OPS} ops over {KEYS} keys, \
+             8 clients, on average {maybe:.0} maybe-before and {unknown:.0} unknown writes: \
+             at most {most_steps} steps per key, {:.2} ms per history, {:.0} ops/s",
+            elapsed.as_secs_f64() * 1e3 / RUNS as f64,
+            (OPS as f64 * RUNS as f64) / elapsed.as_secs_f64()
+        );
     }
 
     /// Harder than the simulator's usual load: every client on a handful of keys, more
