@@ -28,6 +28,8 @@ pub struct Current {
     pub op: usize,
     /// The attempt number (each retry is a new attempt of the same operation).
     pub attempt: u32,
+    /// Attempts that timed out (for the backoff).
+    pub timeouts: u32,
     /// Some attempt may have taken effect (it timed out after reaching a node).
     pub maybe_applied: bool,
     /// The node the current attempt went to.
@@ -45,6 +47,9 @@ pub struct Client {
     pub leader_guess: Option<usize>,
     /// The last value read per key, used as the expected value of a compare-and-set.
     pub last_read: HashMap<u64, Option<Vec<u64>>>,
+    /// This client's writes whose outcome is unknown and whose window is still open:
+    /// they may yet take effect until a later write of this client is applied.
+    pub open_unknown: Vec<usize>,
 }
 
 /// Whether an operation changes the store.

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
     let (mut ops, mut events, mut faults) = (0u64, 0u64, 0u64);
+    let (mut ok, mut failed_ops, mut unknown) = (0u64, 0u64, 0u64);
     for &seed in &seeds {
         let opts = SimOptions {
             seed,
@@ -104,9 +105,18 @@ fn main() -> ExitCode {
         ops += report.stats.ops;
         events += report.stats.events;
         faults += report.stats.faults;
+        ok += report.stats.ops_ok;
+        failed_ops += report.stats.ops_failed;
+        unknown += report.stats.ops_unknown;
         if args.single.is_some() {
             for line in &report.trace {
                 println!("{line}");
+            }
+            if args.verbose {
+                println!("history (as checked):");
+                for op in &report.history {
+                    println!("  {op:?}");
+                }
             }
             println!("profile: {:?}", report.profile);
             println!("stats: {:?}", report.stats);
@@ -127,6 +137,7 @@ fn main() -> ExitCode {
         ops as f64 / secs,
         events as f64 / secs,
     );
+    println!("client ops: {ok} ok, {failed_ops} definitely failed, {unknown} of unknown outcome");
     println!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS

@@ -114,6 +114,15 @@ pub struct PendingRead {
     pub key: u64,
 }
 
+/// A crash armed to strike in the middle of a node's next matching disk write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashTrap {
+    /// Strike during the next write of any kind.
+    AnyWrite,
+    /// Strike during the next write that records a vote.
+    VoteWrite,
+}
+
 /// One simulated server.
 #[derive(Debug)]
 pub struct SimNode {
@@ -143,6 +152,8 @@ pub struct SimNode {
     pub next_read: u64,
     /// The highest index applied by this incarnation's state machine.
     pub applied: LogIndex,
+    /// A crash waiting for the node's next matching write.
+    pub crash_trap: Option<CrashTrap>,
 }
 
 impl SimNode {
@@ -165,6 +176,7 @@ impl SimNode {
             reads: HashMap::new(),
             next_read: 0,
             applied: LogIndex::ZERO,
+            crash_trap: None,
         }
     }
 

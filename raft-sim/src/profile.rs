@@ -36,7 +36,10 @@ pub struct Profile {
     pub fault_interval_us: u64,
     /// How long a fault lasts (range).
     pub fault_duration_us: (u64, u64),
-    /// Length of the fault phase.
+    /// Fault events in the fault phase; the phase ends once the last one has run its
+    /// course.
+    pub fault_events: u64,
+    /// Expected length of the fault phase (used to pace the clients).
     pub fault_phase_us: u64,
     /// Number of clients.
     pub clients: u64,
@@ -46,6 +49,11 @@ pub struct Profile {
     pub ops: u64,
     /// A client gives up an attempt after this long without an answer.
     pub client_timeout_us: u64,
+    /// The most entries per AppendEntries (small values split a new leader's old
+    /// entries from its blank entry, which opens the Figure 8 window).
+    pub max_entries_per_append: usize,
+    /// The most appends in flight per follower.
+    pub max_inflight_appends: usize,
     /// Use PreVote.
     pub pre_vote: bool,
     /// Use CheckQuorum.
@@ -63,6 +71,9 @@ pub enum FaultKind {
     IsolateLeader,
     /// Crash a node (possibly the leader) and restart it later.
     Crash,
+    /// Crash the next node that wins an election, within a few heartbeats of winning,
+    /// so leaders die with half-replicated logs (the breeding ground of Figure 8).
+    LeaderChurn,
     /// Pause a node (no ticks, no messages) for a while, often past an election timeout.
     Pause,
     /// A node's clock runs fast or slow for a while.
@@ -77,17 +88,19 @@ impl FaultKind {
             FaultKind::OneWay => "one-way partition",
             FaultKind::IsolateLeader => "isolate leader",
             FaultKind::Crash => "crash",
+            FaultKind::LeaderChurn => "leader churn",
             FaultKind::Pause => "pause",
             FaultKind::ClockSkew => "clock skew",
         }
     }
 
     /// Every fault kind.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Partition,
         FaultKind::OneWay,
         FaultKind::IsolateLeader,
         FaultKind::Crash,
+        FaultKind::LeaderChurn,
         FaultKind::Pause,
         FaultKind::ClockSkew,
     ];
@@ -127,11 +140,14 @@ impl Profile {
             faults,
             fault_interval_us: rng.range(election_us / 2, 3 * election_us),
             fault_duration_us: (election_us / 2, rng.range(2 * election_us, 8 * election_us)),
+            fault_events: 25,
             fault_phase_us: 0, // set below
             clients: rng.range(3, 9),
             keys: rng.pick(&[3, 5, 10, 20]),
             ops: 250,
             client_timeout_us: 3 * election_us,
+            max_entries_per_append: rng.pick(&[1, 2, 8, 64]),
+            max_inflight_appends: rng.pick(&[1, 4, 16]),
             pre_vote: !rng.chance(0.1),
             check_quorum: !rng.chance(0.1),
         }
@@ -139,8 +155,7 @@ impl Profile {
     }
 
     fn with_fault_phase(mut self) -> Profile {
-        // Long enough for at least 25 fault events on average.
-        self.fault_phase_us = self.fault_interval_us * 25;
+        self.fault_phase_us = self.fault_interval_us * self.fault_events;
         self
     }
 

@@ -7,7 +7,7 @@ use crate::client::{Client, Current, Reply, is_write};
 use crate::kv::ClientCommand;
 use crate::linearizability::{self, CheckResult, KvOp, KvOutput, Operation, Outcome};
 use crate::net::Network;
-use crate::node::{PendingRead, PendingWrite, SimNode};
+use crate::node::{CrashTrap, PendingRead, PendingWrite, SimNode};
 use crate::profile::{FaultKind, MS, Profile};
 use crate::rng::SimRng;
 use raft_core::{Action, Config, ProposeError, Raft, ReadError, Role};
@@ -77,6 +77,8 @@ pub struct SeedReport {
     pub failure: Option<String>,
     /// The event trace (with `verbose`).
     pub trace: Vec<String>,
+    /// The client history, as checked for linearizability (with `verbose`).
+    pub history: Vec<Operation>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +120,10 @@ enum Event {
     Undo(Undo),
     Restart {
         node: usize,
+    },
+    CrashNow {
+        node: usize,
+        inc: u64,
     },
     Heal,
 }
@@ -196,8 +202,13 @@ struct World {
     phase: Phase,
     stats: Stats,
     trace: Option<Vec<String>>,
-    max_attempts: u32,
+    /// A client gives up an operation (outcome unknown) after trying this long.
+    give_up_us: u64,
     lin_budget: u64,
+    /// Crash the next node that becomes leader (leader churn).
+    churn_armed: bool,
+    /// Per node: the term in which it was last seen leading.
+    led_term: Vec<Option<raft_proto::Term>>,
 }
 
 /// Runs one seed and reports what happened.
@@ -209,6 +220,7 @@ pub fn run_seed(opts: &SimOptions) -> SeedReport {
     }
     let mut world = World::new(profile.clone(), rng, opts.verbose);
     world.lin_budget = opts.lin_budget.unwrap_or(DEFAULT_LIN_BUDGET);
+    world.give_up_us = 20 * world.profile.election_us();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
     let failure = match outcome {
         Ok(Ok(())) => None,
@@ -231,6 +243,11 @@ pub fn run_seed(opts: &SimOptions) -> SeedReport {
         stats: world.stats.clone(),
         failure,
         trace: world.trace.take().unwrap_or_default(),
+        history: if opts.verbose {
+            world.checked_history()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -277,8 +294,10 @@ impl World {
             phase: Phase::Faults,
             stats: Stats::default(),
             trace: verbose.then(Vec::new),
-            max_attempts: 6,
+            give_up_us: 0,
             lin_budget: DEFAULT_LIN_BUDGET,
+            churn_armed: false,
+            led_term: vec![None; n],
         };
         for i in 0..n {
             world
@@ -291,8 +310,6 @@ impl World {
         }
         let first = world.rng.range(0, world.profile.fault_interval_us);
         world.schedule(first, Event::Nemesis);
-        let heal = world.profile.fault_phase_us;
-        world.schedule(heal, Event::Heal);
         world
     }
 
@@ -407,6 +424,21 @@ impl World {
                 Ok(())
             }
             Event::Restart { node } => self.restart(node),
+            Event::CrashNow { node, inc } => {
+                if self.phase != Phase::Faults || self.nodes[node].incarnation != inc {
+                    return Ok(());
+                }
+                *self
+                    .stats
+                    .faults_by_kind
+                    .entry("crash mid-write")
+                    .or_default() += 1;
+                self.crash(node)?;
+                let (lo, hi) = self.profile.fault_duration_us;
+                let down = self.rng.range(lo / 4, hi);
+                self.schedule(down, Event::Restart { node });
+                Ok(())
+            }
             Event::Heal => self.heal(),
         }
     }
@@ -419,8 +451,8 @@ impl World {
         c.heartbeat_ticks = self.profile.heartbeat_ticks;
         c.pre_vote = self.profile.pre_vote;
         c.check_quorum = self.profile.check_quorum;
-        c.max_entries_per_append = 64;
-        c.max_inflight_appends = 8;
+        c.max_entries_per_append = self.profile.max_entries_per_append;
+        c.max_inflight_appends = self.profile.max_inflight_appends;
         c.rng_seed = self.rng.next_u64();
         c
     }
@@ -505,8 +537,20 @@ impl World {
                         .rng
                         .range(self.profile.disk_us.0, self.profile.disk_us.1);
                     let node = &mut self.nodes[i];
-                    node.disk.in_flight = Some(p);
                     let inc = node.incarnation;
+                    let strike = match node.crash_trap {
+                        Some(CrashTrap::AnyWrite) => true,
+                        Some(CrashTrap::VoteWrite) => {
+                            p.hard_state.is_some_and(|h| h.voted_for.is_some())
+                        }
+                        None => false,
+                    };
+                    node.disk.in_flight = Some(p);
+                    if strike {
+                        node.crash_trap = None;
+                        let at = self.rng.range(0, latency);
+                        self.schedule(at, Event::CrashNow { node: i, inc });
+                    }
                     self.schedule(latency, Event::DiskDone { node: i, inc });
                 }
                 Action::Apply(entries) => self.apply(i, entries)?,
@@ -648,6 +692,19 @@ impl World {
             return Ok(());
         };
         raft.check_invariants_now();
+        if raft.role() == Role::Leader && self.led_term[i] != Some(raft.term()) {
+            self.led_term[i] = Some(raft.term());
+            if std::mem::take(&mut self.churn_armed) {
+                let inc = self.nodes[i].incarnation;
+                let heartbeat = self.profile.tick_us * u64::from(self.profile.heartbeat_ticks);
+                let at = self.rng.range(0, 3 * heartbeat);
+                self.log(|| format!("leader churn: node {i} will crash {at}us into its term"));
+                self.schedule(at, Event::CrashNow { node: i, inc });
+            }
+        }
+        let Some(raft) = &self.nodes[i].raft else {
+            return Ok(());
+        };
         self.checkers.log_matching.verify(i, raft)?;
         self.checkers.election_safety.observe(raft)?;
         self.checkers.leader_append_only.observe(raft)?;
@@ -724,6 +781,7 @@ impl World {
         self.clients[c].current = Some(Current {
             op: op_index,
             attempt: 0,
+            timeouts: 0,
             maybe_applied: false,
             target,
         });
@@ -765,7 +823,8 @@ impl World {
         cur.attempt += 1;
         cur.target = target;
         let attempt = cur.attempt;
-        if attempt >= self.max_attempts && self.phase == Phase::Faults {
+        let trying_for = self.now - self.history[cur.op].invoke;
+        if trying_for > self.give_up_us && self.phase == Phase::Faults {
             self.finish_op(c, None);
             return;
         }
@@ -803,7 +862,18 @@ impl World {
         let Some(raft) = node.raft.as_mut() else {
             return Ok(());
         };
-        let reply = if is_write(&cmd.op) {
+        let already_proposed = node
+            .writes
+            .values_mut()
+            .find(|w| w.client == c && w.seq == seq && w.log_id.term == raft.term());
+        let reply = if let Some(pending) = already_proposed.filter(|_| raft.role() == Role::Leader)
+        {
+            // This leader already has the operation in its log for this term: answer
+            // the new attempt when that entry applies instead of appending a copy (a
+            // retry storm would otherwise grow the log faster than it commits).
+            pending.attempt = attempt;
+            None
+        } else if is_write(&cmd.op) {
             match raft.propose(Bytes::from((cur.op as u64).to_le_bytes().to_vec())) {
                 Ok(log_id) => {
                     let old = node.writes.insert(
@@ -921,10 +991,14 @@ impl World {
         }
         // The attempt may have reached a node and taken effect.
         cur.maybe_applied = true;
+        cur.timeouts += 1;
         client.leader_guess = None;
-        let target = cur.target;
+        let (target, timeouts) = (cur.target, cur.timeouts);
         let other = self.other_node(target);
-        self.retry(c, other, 0);
+        // Exponential backoff with jitter: a congested cluster is not fed more retries.
+        let cap = (10 * MS) << timeouts.min(6);
+        let backoff = self.rng.range(0, cap);
+        self.retry(c, other, backoff);
     }
 
     /// Ends the current operation: with its output, or (`None`) given up.
@@ -938,14 +1012,24 @@ impl World {
                 if let (KvOp::Get, KvOutput::Value(v)) = (&op.op, &output) {
                     self.clients[c].last_read.insert(op.key, v.clone());
                 }
+                let write = is_write(&op.op);
                 op.outcome = Outcome::Ok {
                     ret: self.now,
                     output,
                 };
                 self.stats.ops_ok += 1;
+                if write {
+                    // Sessions: this write was applied, so the state machine now ignores
+                    // every older sequence number of this client. Its earlier writes of
+                    // unknown outcome took effect before now, or never will.
+                    for earlier in std::mem::take(&mut self.clients[c].open_unknown) {
+                        self.history[earlier].outcome = Outcome::MaybeBefore { ret: self.now };
+                    }
+                }
             }
             None if cur.maybe_applied && is_write(&op.op) => {
                 self.stats.ops_unknown += 1;
+                self.clients[c].open_unknown.push(cur.op);
             }
             None => {
                 self.op_state[cur.op].failed = true;
@@ -1025,11 +1109,23 @@ impl World {
                         Some(l) if k == 0 && self.rng.chance(0.5) => l,
                         _ => self.rng.range(0, n as u64) as usize,
                     };
+                    if self.rng.chance(0.6) {
+                        // Crash in the middle of a write: where unsynced state matters.
+                        let trap = if self.rng.chance(0.5) {
+                            CrashTrap::VoteWrite
+                        } else {
+                            CrashTrap::AnyWrite
+                        };
+                        self.log(|| format!("arm crash of node {node} at its next {trap:?}"));
+                        self.nodes[node].crash_trap = Some(trap);
+                        continue;
+                    }
                     self.crash(node)?;
                     let down = self.rng.range(lo / 2, hi);
                     self.schedule(down, Event::Restart { node });
                 }
             }
+            FaultKind::LeaderChurn => self.churn_armed = true,
             FaultKind::Pause => {
                 let node = match self.current_leader() {
                     Some(l) if self.rng.chance(0.5) => l,
@@ -1051,7 +1147,12 @@ impl World {
             self.profile.fault_interval_us,
             self.rng.range(0, self.profile.fault_interval_us),
         );
-        self.schedule(mean / 2 + jitter, Event::Nemesis);
+        if self.stats.faults < self.profile.fault_events {
+            self.schedule(mean / 2 + jitter, Event::Nemesis);
+        } else {
+            // Let the last fault run its course, then heal.
+            self.schedule(hi, Event::Heal);
+        }
         Ok(())
     }
 
@@ -1115,18 +1216,25 @@ impl World {
             let n = &mut self.nodes[i];
             n.tick_us = n.base_tick_us;
             n.paused_until = n.paused_until.min(self.now);
+            n.crash_trap = None;
+            self.churn_armed = false;
             if n.raft.is_none() {
                 self.start_node(i)?;
             }
         }
         let election = self.profile.election_us();
-        let remaining = self.profile.ops.saturating_sub(self.stats.ops);
-        let max_delay = self.profile.delay_us.1;
+        // Operations still to run (those in flight too), at the pace the configured
+        // pipeline allows: `entries x in-flight` per round trip (send, write, answer,
+        // plus a heartbeat for reads), with a factor of four of slack.
+        let p = &self.profile;
+        let remaining = p.ops.saturating_sub(self.stats.ops) + p.clients;
+        let round_trip = 2 * p.delay_us.1 + p.disk_us.1 + p.tick_us * u64::from(p.heartbeat_ticks);
+        let per_round =
+            ((p.max_entries_per_append * p.max_inflight_appends) as u64).clamp(1, p.clients.max(1));
         let deadline = self.now
             + 20 * election
-            + self.profile.client_timeout_us * 2
-            + remaining * (2 * MS + 8 * max_delay + self.profile.disk_us.1 * 2)
-                / self.profile.clients.max(1);
+            + 2 * p.client_timeout_us
+            + 4 * remaining.div_ceil(per_round) * round_trip;
         self.phase = Phase::Liveness {
             since: self.now,
             deadline,
@@ -1188,15 +1296,24 @@ impl World {
         s
     }
 
-    fn finish(&mut self) -> Check {
-        self.checkers.acked_writes.check_everywhere(&self.nodes)?;
-        let history: Vec<Operation> = self
-            .history
+    /// The history the linearizability check sees: definitely failed operations and
+    /// reads of unknown outcome (which have no effect) are left out.
+    fn checked_history(&self) -> Vec<Operation> {
+        self.history
             .iter()
             .zip(&self.op_state)
-            .filter(|(op, st)| !(st.failed || op.op == KvOp::Get && op.outcome == Outcome::Unknown))
+            .filter(|(op, st)| {
+                let read_without_answer =
+                    op.op == KvOp::Get && !matches!(op.outcome, Outcome::Ok { .. });
+                !(st.failed || read_without_answer)
+            })
             .map(|(op, _)| op.clone())
-            .collect();
+            .collect()
+    }
+
+    fn finish(&mut self) -> Check {
+        self.checkers.acked_writes.check_everywhere(&self.nodes)?;
+        let history = self.checked_history();
         match linearizability::check(&history, self.lin_budget) {
             CheckResult::Linearizable => Ok(()),
             CheckResult::NotLinearizable { key, ops, detail } => {
@@ -1215,11 +1332,16 @@ impl World {
                     .iter()
                     .filter(|op| op.outcome == Outcome::Unknown)
                     .count();
+                let bounded = on_key
+                    .iter()
+                    .filter(|op| matches!(op.outcome, Outcome::MaybeBefore { .. }))
+                    .count();
                 Err(Violation {
                     property: "Linearizability (inconclusive)",
                     detail: format!(
-                        "the search for key {key} ({} operations, {unknown} with unknown outcome) \
-                         gave up after {steps} steps: neither pass nor fail",
+                        "the search for key {key} ({} operations, {unknown} of unknown outcome, {bounded} \
+                         that took effect before a known time or never) gave up after {steps} \
+                         steps: neither pass nor fail",
                         on_key.len()
                     ),
                 })
