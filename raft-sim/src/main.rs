@@ -93,6 +93,7 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     let (mut ops, mut events, mut faults) = (0u64, 0u64, 0u64);
     let (mut ok, mut failed_ops, mut unknown) = (0u64, 0u64, 0u64);
+    let mut worst_leader_after_heal = (0.0f64, 0u64);
     for &seed in &seeds {
         let opts = SimOptions {
             seed,
@@ -108,6 +109,12 @@ fn main() -> ExitCode {
         ok += report.stats.ops_ok;
         failed_ops += report.stats.ops_failed;
         unknown += report.stats.ops_unknown;
+        if let Some(t) = report.stats.leader_after_heal_us {
+            let timeouts = t as f64 / report.profile.election_us() as f64;
+            if timeouts > worst_leader_after_heal.0 {
+                worst_leader_after_heal = (timeouts, seed);
+            }
+        }
         if args.single.is_some() {
             for line in &report.trace {
                 println!("{line}");
@@ -138,6 +145,10 @@ fn main() -> ExitCode {
         events as f64 / secs,
     );
     println!("client ops: {ok} ok, {failed_ops} definitely failed, {unknown} of unknown outcome");
+    println!(
+        "slowest stable leader after healing: {:.1} election timeouts (seed {})",
+        worst_leader_after_heal.0, worst_leader_after_heal.1
+    );
     println!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS

@@ -110,7 +110,7 @@ impl Profile {
     /// Draws a profile for `seed`; `nodes` overrides the cluster size.
     pub fn draw(rng: &mut SimRng, nodes: Option<u64>) -> Profile {
         let nodes = nodes.unwrap_or_else(|| rng.pick(&[3, 3, 3, 4, 5, 5, 6, 7]));
-        let election_ticks = rng.pick(&[10u32, 10, 15, 20]);
+        let mut election_ticks = rng.pick(&[10u32, 10, 15, 20]);
         let heartbeat_ticks = rng.pick(&[1u32, 2, 3]);
         let tick_us = 10 * MS;
         let loss = rng.pick(&[0.0, 0.0, 0.01, 0.05, 0.15, 0.3]);
@@ -125,6 +125,15 @@ impl Profile {
         if faults.is_empty() {
             faults.push(rng.pick(&FaultKind::ALL));
         }
+        let disk_us = rng.pick(&[(50, 300), (200, 2_000), (1_000, 20 * MS)]);
+        // Raft's timing requirement (§5.6): broadcast time << election timeout. Keep
+        // the slowest vote round trip (request, vote write, answer) under a third of
+        // the fastest node's election timeout; outside that envelope Raft promises
+        // safety but not liveness.
+        let round_trip = 2 * delay_us.1 + disk_us.1;
+        let fastest_tick = (tick_us as f64 * (1.0 - skew)).max(1.0);
+        let needed = (3.0 * round_trip as f64 / fastest_tick).ceil() as u32;
+        election_ticks = election_ticks.max(needed);
         let election_us = u64::from(election_ticks) * tick_us;
         Profile {
             nodes,
@@ -135,7 +144,7 @@ impl Profile {
             delay_us,
             loss,
             duplicate,
-            disk_us: rng.pick(&[(50, 300), (200, 2_000), (1_000, 20 * MS)]),
+            disk_us,
             torn_write: rng.pick(&[0.0, 0.5]),
             faults,
             fault_interval_us: rng.range(election_us / 2, 3 * election_us),

@@ -33,6 +33,10 @@ pub struct SimOptions {
     pub lin_budget: Option<u64>,
 }
 
+/// After healing, a leader every node follows must appear within this many (minimum)
+/// election timeouts.
+const LEADER_BOUND_ELECTIONS: u64 = 10;
+
 /// Search steps per key the linearizability check may take by default.
 pub const DEFAULT_LIN_BUDGET: u64 = 20_000_000;
 
@@ -59,6 +63,8 @@ pub struct Stats {
     pub acked_writes: u64,
     /// Virtual time simulated, in microseconds.
     pub virtual_us: u64,
+    /// Virtual time from healing until a leader every node follows.
+    pub leader_after_heal_us: Option<u64>,
     /// Virtual time from healing until a stable leader, caught-up nodes and every
     /// client operation finished.
     pub converged_after_heal_us: u64,
@@ -355,6 +361,20 @@ impl World {
             }
             self.dispatch(event)?;
             if let Phase::Liveness { since, deadline } = self.phase {
+                if self.stats.leader_after_heal_us.is_none() {
+                    if self.stable_leader().is_some() {
+                        self.stats.leader_after_heal_us = Some(self.now - since);
+                    } else if self.now - since > LEADER_BOUND_ELECTIONS * self.profile.election_us()
+                    {
+                        return violation(
+                            "Liveness",
+                            format!(
+                                "no leader followed by every node within {LEADER_BOUND_ELECTIONS} election timeouts of healing; {}",
+                                self.liveness_report(since)
+                            ),
+                        );
+                    }
+                }
                 if self.converged() {
                     self.stats.converged_after_heal_us = self.now - since;
                     return self.finish();
@@ -1253,21 +1273,28 @@ impl World {
         if self.stats.ops < self.profile.ops || self.clients.iter().any(|c| c.current.is_some()) {
             return false;
         }
-        let Some(l) = self.current_leader() else {
+        let Some(leader) = self.stable_leader() else {
             return false;
         };
-        let Some(leader) = &self.nodes[l].raft else {
-            return false;
-        };
-        let (term, commit) = (leader.term(), leader.log().committed());
+        let commit = leader.log().committed();
         self.nodes.iter().all(|n| {
-            n.raft.as_ref().is_some_and(|r| {
-                r.term() == term
-                    && r.status().leader == Some(leader.id())
-                    && r.log().committed() == commit
-                    && r.log().applied() == commit
-            })
+            n.raft
+                .as_ref()
+                .is_some_and(|r| r.log().committed() == commit && r.log().applied() == commit)
         })
+    }
+
+    /// The leader, when every node runs, shares its term and follows it.
+    fn stable_leader(&self) -> Option<&Raft> {
+        let l = self.current_leader()?;
+        let leader = self.nodes[l].raft.as_ref()?;
+        let term = leader.term();
+        let all_follow = self.nodes.iter().all(|n| {
+            n.raft
+                .as_ref()
+                .is_some_and(|r| r.term() == term && r.status().leader == Some(leader.id()))
+        });
+        all_follow.then_some(leader)
     }
 
     fn liveness_report(&self, since: u64) -> String {
