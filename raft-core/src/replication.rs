@@ -17,9 +17,17 @@ impl Raft {
         let heartbeat = std::mem::take(&mut l.heartbeat_due);
         // Every follower hears the current round in this flush (see `ReadState`).
         l.reads.round_open = false;
-        let peers: Vec<NodeId> = l.progress.keys().copied().collect();
-        for peer in peers {
-            self.send_append(peer, heartbeat);
+        let (last, cfg) = (self.log.last_index(), &self.config);
+        let due = heartbeat
+            || l.progress.values().any(|pr| {
+                pr.next_index <= last
+                    && !pr.is_paused(cfg.max_inflight_appends, cfg.max_inflight_bytes)
+            });
+        if due {
+            let peers: Vec<NodeId> = l.progress.keys().copied().collect();
+            for peer in peers {
+                self.send_append(peer, heartbeat);
+            }
         }
         // After the sends: the driver may write while the appends are on the wire.
         self.queue_unqueued_entries();

@@ -809,21 +809,25 @@ impl World {
     }
 
     fn send_attempt(&mut self, c: usize) {
-        let client = &self.clients[c];
-        let Some(cur) = client.current else { return };
-        let (seq, attempt) = (client.seq, cur.attempt);
-        if let Some(d) = self.net.client_delay() {
-            self.schedule(
-                d,
-                Event::ClientArrive {
-                    node: cur.target,
-                    client: c,
-                    seq,
-                    attempt,
-                },
-            );
+        if let Some(cur) = self.clients[c].current {
+            self.schedule_attempt(c, cur.target, cur.attempt, 0);
         }
-        let timeout = self.profile.client_timeout_us;
+    }
+
+    /// Sends attempt `attempt` of client `c`'s operation to `target` after `delay`, and
+    /// arms its timeout.
+    fn schedule_attempt(&mut self, c: usize, target: usize, attempt: u32, delay: u64) {
+        let seq = self.clients[c].seq;
+        if let Some(d) = self.net.client_delay() {
+            let arrive = Event::ClientArrive {
+                node: target,
+                client: c,
+                seq,
+                attempt,
+            };
+            self.schedule(delay + d, arrive);
+        }
+        let timeout = self.profile.client_timeout_us + delay;
         self.schedule(
             timeout,
             Event::ClientTimeout {
@@ -836,7 +840,6 @@ impl World {
 
     /// Retries the current operation at `target` (a new attempt, same sequence number).
     fn retry(&mut self, c: usize, target: usize, delay: u64) {
-        let seq = self.clients[c].seq;
         let Some(cur) = &mut self.clients[c].current else {
             return;
         };
@@ -848,26 +851,7 @@ impl World {
             self.finish_op(c, None);
             return;
         }
-        if let Some(d) = self.net.client_delay() {
-            self.schedule(
-                delay + d,
-                Event::ClientArrive {
-                    node: target,
-                    client: c,
-                    seq,
-                    attempt,
-                },
-            );
-        }
-        let timeout = self.profile.client_timeout_us + delay;
-        self.schedule(
-            timeout,
-            Event::ClientTimeout {
-                client: c,
-                seq,
-                attempt,
-            },
-        );
+        self.schedule_attempt(c, target, attempt, delay);
     }
 
     fn client_arrive(&mut self, i: usize, c: usize, seq: u64, attempt: u32) -> Check {
