@@ -98,4 +98,8 @@ pub struct SnapshotMeta {
     pub last_log_id: LogId,
     /// The membership in effect at `last_log_id`.
     pub membership: Membership,
+    /// Identifies the snapshot's bytes: two snapshots with the same id are the same
+    /// byte stream, so a transfer may resume where another left off. Chosen by the
+    /// state machine that builds it (0 is the empty bootstrap snapshot).
+    pub id: u64,
 }

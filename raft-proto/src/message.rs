@@ -145,18 +145,20 @@ pub enum ConflictHint {
     LastIndex(LogIndex),
 }
 
-/// One chunk of a snapshot.
+/// One chunk of a snapshot (paper §7). Chunks of one snapshot may arrive out of
+/// order or twice; the receiver writes only the chunk at the offset it expects and
+/// always answers with how far it got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallSnapshot {
     /// The leader's term.
     pub term: Term,
-    /// What the snapshot covers; `meta.last_log_id` identifies the snapshot.
+    /// What the snapshot covers; `meta.id` identifies its bytes.
     pub meta: SnapshotMeta,
     /// Byte offset of `data` in the snapshot.
     pub offset: u64,
     /// The chunk's bytes.
     pub data: Bytes,
-    /// This is the last chunk.
+    /// This chunk ends the snapshot.
     pub done: bool,
 }
 
@@ -165,7 +167,9 @@ pub struct InstallSnapshot {
 pub struct InstallSnapshotResponse {
     /// The follower's term.
     pub term: Term,
-    /// The snapshot this answers (`meta.last_log_id` of the request).
+    /// The `meta.id` of the snapshot this answers.
+    pub snapshot_id: u64,
+    /// The `meta.last_log_id` of the snapshot this answers.
     pub snapshot: LogId,
     /// How far the follower got.
     pub outcome: SnapshotOutcome,
@@ -174,15 +178,15 @@ pub struct InstallSnapshotResponse {
 /// How far a follower got with a snapshot transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotOutcome {
-    /// Bytes `[0, next_offset)` are received; send from `next_offset` on.
+    /// Bytes `[0, next_offset)` are stored; send from `next_offset` on.
     Received {
         /// The first byte the follower still needs.
         next_offset: u64,
     },
-    /// The snapshot is installed (or was already covered); the follower's log now ends
-    /// at `last_index`.
+    /// The snapshot is installed, or the follower already had everything it covers;
+    /// the follower's log now ends at `last_index`.
     Installed {
-        /// The follower's last log index after installing.
+        /// The follower's last log index.
         last_index: LogIndex,
     },
 }

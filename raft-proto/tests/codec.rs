@@ -102,22 +102,24 @@ fn message() -> impl Strategy<Value = Message> {
             membership(),
             any::<u64>(),
             bytes(),
-            any::<bool>()
+            any::<bool>(),
+            any::<u64>()
         )
-            .prop_map(|(term, last_log_id, membership, offset, data, done)| {
+            .prop_map(|(term, last_log_id, membership, offset, data, done, id)| {
                 Message::InstallSnapshot(InstallSnapshot {
                     term,
                     meta: SnapshotMeta {
                         last_log_id,
                         membership,
+                        id,
                     },
                     offset,
                     data,
                     done,
                 })
             }),
-        (term(), log_id(), any::<u64>(), any::<bool>()).prop_map(
-            |(term, snapshot, n, installed)| {
+        (term(), log_id(), any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
+            |(term, snapshot, n, installed, snapshot_id)| {
                 let outcome = if installed {
                     SnapshotOutcome::Installed {
                         last_index: LogIndex(n),
@@ -127,6 +129,7 @@ fn message() -> impl Strategy<Value = Message> {
                 };
                 Message::InstallSnapshotResponse(InstallSnapshotResponse {
                     term,
+                    snapshot_id,
                     snapshot,
                     outcome,
                 })
