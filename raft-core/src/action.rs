@@ -1,7 +1,7 @@
 //! What the core asks its driver to do.
 
 use crate::error::ReadError;
-use raft_proto::{Entry, HardState, LogIndex, Message, NodeId, ReadId};
+use raft_proto::{Bytes, Entry, HardState, LogId, LogIndex, Message, NodeId, ReadId, SnapshotMeta};
 
 /// One thing the driver must carry out, in the order [`Raft::poll_action`]
 /// (crate::Raft::poll_action) returns them.
@@ -18,6 +18,12 @@ use raft_proto::{Entry, HardState, LogIndex, Message, NodeId, ReadId};
 ///   §10.2.1); the leader counts itself toward a quorum only after
 ///   [`Raft::persisted`](crate::Raft::persisted) acknowledges the write;
 /// - [`Action::Apply`] carries only committed entries, in log order, each exactly once.
+/// - [`Action::InstallSnapshot`] replaces the state machine and the stored log prefix;
+///   it must be durable before later actions (the answer to the leader follows it).
+/// - [`Action::BuildSnapshot`] and [`Action::ReadSnapshotChunk`] may finish in the
+///   background; later actions need not wait for them (taking the snapshot must not
+///   stop applies: the state machine captures its state as of this point in the
+///   action order, e.g. with a copy-on-write read transaction).
 ///
 /// A driver may overlap work as long as it keeps these dependencies: everything up to
 /// the first `Persist` can go at once, and the `Send`s after a `Persist` wait for it.
@@ -51,6 +57,52 @@ pub enum Action {
         id: ReadId,
         /// Why.
         error: ReadError,
+    },
+    /// Build a snapshot of the state machine as of `meta.last_log_id` (everything
+    /// applied so far, in action order), make it durable, give it a fresh `meta.id`,
+    /// then call [`Raft::snapshot_built`](crate::Raft::snapshot_built). May run in the
+    /// background while applies go on.
+    BuildSnapshot {
+        /// What the snapshot covers; the state machine fills in `id`.
+        meta: SnapshotMeta,
+    },
+    /// Entries up to and including `up_to` are covered by a durable snapshot and may be
+    /// removed from storage (remember `up_to` as the last purged id).
+    PurgeLog {
+        /// The last entry to remove.
+        up_to: LogId,
+    },
+    /// Read up to `len` bytes at `offset` of the snapshot `meta.id` (for follower `to`)
+    /// and hand them to [`Raft::snapshot_chunk_read`](crate::Raft::snapshot_chunk_read).
+    /// May finish in the background.
+    ReadSnapshotChunk {
+        /// The follower the chunk is for.
+        to: NodeId,
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// Where to read.
+        offset: u64,
+        /// How much to read at most.
+        len: usize,
+    },
+    /// Store bytes `[offset, offset + data.len())` of an incoming snapshot. Offset 0
+    /// starts a new incoming snapshot and drops any other partial one.
+    WriteSnapshotChunk {
+        /// The snapshot being received.
+        meta: SnapshotMeta,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The incoming snapshot `meta` is complete: install it atomically as the state
+    /// machine's state and the stored snapshot, and remove stored entries up to its
+    /// last entry (all of them when `discard_log`). Durable before later actions.
+    InstallSnapshot {
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// The log did not hold the snapshot's last entry: drop every stored entry.
+        discard_log: bool,
     },
 }
 

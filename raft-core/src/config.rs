@@ -29,6 +29,19 @@ pub struct Config {
     pub max_inflight_appends: usize,
     /// The most payload bytes in flight to one follower in the pipelined state.
     pub max_inflight_bytes: usize,
+    /// Ask the state machine for a snapshot once this many entries were applied since
+    /// the last one (0: never on its own; [`Raft::trigger_snapshot`](crate::Raft::trigger_snapshot) still works).
+    pub snapshot_entries: u64,
+    /// Entries the snapshot covers that stay in the log after compaction, so a
+    /// slightly slow follower still catches up from the log instead of a snapshot.
+    pub snapshot_keep_entries: u64,
+    /// Bytes per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot chunks in flight to one follower.
+    pub max_snapshot_chunks_in_flight: usize,
+    /// A learner is promoted to voter only when its log is within this many entries of
+    /// the leader's.
+    pub promote_lag_entries: u64,
     /// Seed of the node's random number generator (election timeouts). Give every node
     /// a different seed; the simulator derives them from its own seed.
     pub rng_seed: u64,
@@ -48,6 +61,11 @@ impl Config {
             max_append_bytes: 1 << 20,
             max_inflight_appends: 64,
             max_inflight_bytes: 32 << 20,
+            snapshot_entries: 10_000,
+            snapshot_keep_entries: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_chunks_in_flight: 4,
+            promote_lag_entries: 1_000,
             rng_seed: id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED,
         }
     }
@@ -74,6 +92,12 @@ impl Config {
         }
         if self.max_inflight_bytes == 0 {
             return Err(ConfigError::Zero("max_inflight_bytes"));
+        }
+        if self.snapshot_chunk_bytes == 0 {
+            return Err(ConfigError::Zero("snapshot_chunk_bytes"));
+        }
+        if self.max_snapshot_chunks_in_flight == 0 {
+            return Err(ConfigError::Zero("max_snapshot_chunks_in_flight"));
         }
         Ok(())
     }

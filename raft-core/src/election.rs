@@ -40,7 +40,11 @@ impl Raft {
             for pr in l.progress.values_mut() {
                 pr.on_heartbeat();
             }
+            self.snapshot_heartbeat();
         }
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
         if let Some(t) = &mut l.transfer {
             t.elapsed += 1;
             if t.elapsed >= election_ticks {
@@ -163,7 +167,8 @@ impl Raft {
         let can_vote = hs.voted_for == Some(from)
             || (hs.voted_for.is_none() && self.leader.is_none())
             || (m.pre_vote && m.term > hs.term);
-        let granted = can_vote && self.log.is_up_to_date(m.last_log_id);
+        // A learner never votes (dissertation §4.2.1); neither does a removed node.
+        let granted = can_vote && self.is_voter() && self.log.is_up_to_date(m.last_log_id);
         if granted && !m.pre_vote {
             self.hard_state.voted_for = Some(from);
             self.reset_election_timer();

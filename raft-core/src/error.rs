@@ -94,4 +94,16 @@ pub enum InitError {
         /// The last index the snapshot covers.
         snapshot: LogIndex,
     },
+    /// The snapshot's last entry is not where the restored log says it is.
+    #[error(
+        "the snapshot ends at {snapshot:?}, which the restored log (purged up to {purged:?}, last index {last}) does not hold"
+    )]
+    SnapshotNotInLog {
+        /// The snapshot's last entry.
+        snapshot: raft_proto::LogId,
+        /// The last purged entry.
+        purged: raft_proto::LogId,
+        /// The last restored index.
+        last: LogIndex,
+    },
 }

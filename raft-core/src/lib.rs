@@ -10,9 +10,9 @@
 //!
 //! ```no_run
 //! # use raft_core::{Action, Raft};
-//! # fn io(raft: &mut Raft) {
-//! # let (persist, send, apply, read_ready) = (|_| (), |_, _| (), |_| (), |_, _| ());
-//! // After every input (tick, step, propose, read_index, persisted, applied):
+//! # fn io(raft: &mut Raft, sm: &mut dyn FnMut(&str)) {
+//! # let (persist, send, apply, serve) = (|_| (), |_, _| (), |_| (), |_, _| ());
+//! // After every input (tick, step, propose, read_index, persisted, applied, ...):
 //! while let Some(action) = raft.poll_action() {
 //!     match action {
 //!         Action::Send { to, message } => send(to, message),
@@ -30,8 +30,15 @@
 //!                 raft.applied(last);
 //!             }
 //!         }
-//!         Action::ReadReady { id, index } => read_ready(id, index),
-//!         Action::ReadFailed { id, error } => { /* tell the reader to retry */ }
+//!         Action::ReadReady { id, index } => serve(id, index),
+//!         Action::ReadFailed { .. } => { /* tell the reader to retry */ }
+//!         // Snapshots: build one in the background, then `raft.snapshot_built(..)`;
+//!         // drop purged entries; serve and store chunks; install a received one.
+//!         Action::BuildSnapshot { .. } => sm("build"),
+//!         Action::PurgeLog { .. } => sm("purge"),
+//!         Action::ReadSnapshotChunk { .. } => sm("read chunk, then raft.snapshot_chunk_read(..)"),
+//!         Action::WriteSnapshotChunk { .. } => sm("store chunk"),
+//!         Action::InstallSnapshot { .. } => sm("install"),
 //!     }
 //! }
 //! # }
@@ -43,24 +50,29 @@
 //! conflict truncation and a fast back-off hint (§5.3); pipelined replication with
 //! per-follower flow control; commitment by counting current-term replicas (§5.4.2)
 //! with a blank entry per term (§8); ReadIndex reads, forwarded by followers (§6.4);
-//! leadership transfer (§3.10).
+//! leadership transfer (§3.10); snapshots with log compaction and chunked, resumable
+//! InstallSnapshot (§7); membership change one server at a time with learners (§4.1,
+//! §4.2).
 
 mod action;
 mod config;
 mod election;
 mod error;
 mod log;
+mod membership;
 mod progress;
 mod raft;
 mod read;
 mod replication;
 mod rng;
+mod snapshot;
 mod transfer;
 
 pub use action::{Action, Persist};
 pub use config::{Config, ConfigError};
 pub use error::{InitError, NotLeader, ProposeError, ReadError, TransferError};
 pub use log::RaftLog;
-pub use progress::{Progress, ProgressState};
+pub use membership::{ConfChange, MembershipError};
+pub use progress::{Progress, ProgressState, SnapshotSend};
 pub use raft::{Raft, Restore, Role, Status};
 pub use raft_proto;

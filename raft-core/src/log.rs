@@ -1,9 +1,9 @@
 //! [`RaftLog`]: the in-memory log after the last snapshot, with its commit, persist and
 //! apply cursors.
 //!
-//! The core keeps every entry after the snapshot in memory (like etcd raft's unstable
-//! log plus `MemoryStorage`); compaction bounds it. Storage only ever receives
-//! writes, and is read back once, at start-up.
+//! The core keeps every entry after the last compaction in memory (like etcd raft's
+//! unstable log plus `MemoryStorage`); snapshots and compaction bound it. Storage only
+//! ever receives writes, and is read back once, at start-up.
 
 use raft_proto::{Entry, EntryPayload, LogId, LogIndex, Membership, SnapshotMeta, Term};
 use std::collections::VecDeque;
@@ -11,15 +11,20 @@ use std::collections::VecDeque;
 /// The replicated log of one node.
 ///
 /// Invariants (checked by [`RaftLog::check`]):
-/// - `entries[i].log_id.index == snapshot.last_log_id.index + 1 + i` (contiguous);
+/// - `entries[i].log_id.index == purged.index + 1 + i` (contiguous);
 /// - terms never decrease along the log, and the first entry's term is at least the
-///   snapshot's term;
-/// - `snapshot index <= applied <= apply_queued <= committed <= last index`;
+///   purged entry's term;
+/// - `purged index <= snapshot index <= apply_queued`, and
+///   `applied <= apply_queued <= committed <= last`
+///   (a configurable tail of entries the snapshot covers may stay, so slightly slow
+///   followers catch up from the log);
 /// - `persisted <= last index` and `queued <= last index`.
 #[derive(Debug)]
 pub struct RaftLog {
-    /// The prefix replaced by a snapshot; entries start right after it.
+    /// The newest durable snapshot: it covers every entry up to its last log id.
     snapshot: SnapshotMeta,
+    /// The last entry removed from the front of the log; entries start right after it.
+    purged: LogId,
     entries: VecDeque<Entry>,
     /// Highest index known committed.
     committed: LogIndex,
@@ -34,13 +39,17 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log restored from storage: `entries` follow `snapshot` and are durable.
-    pub(crate) fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>, applied: LogIndex) -> Self {
-        let last = entries
-            .last()
-            .map_or(snapshot.last_log_id.index, |e| e.log_id.index);
+    /// A log restored from storage: `entries` follow `purged` and are durable.
+    pub(crate) fn restore(
+        snapshot: SnapshotMeta,
+        purged: LogId,
+        entries: Vec<Entry>,
+        applied: LogIndex,
+    ) -> Self {
+        let last = entries.last().map_or(purged.index, |e| e.log_id.index);
         let log = RaftLog {
             snapshot,
+            purged,
             entries: entries.into(),
             committed: applied,
             persisted: last,
@@ -57,16 +66,19 @@ impl RaftLog {
         &self.snapshot
     }
 
-    /// The first index held as an entry (one past the snapshot).
-    pub fn first_index(&self) -> LogIndex {
-        self.snapshot.last_log_id.index.next()
+    /// The last entry removed from the front of the log.
+    pub fn purged(&self) -> LogId {
+        self.purged
     }
 
-    /// The last entry's id (the snapshot's when the log is empty).
+    /// The first index held as an entry (one past the purged prefix).
+    pub fn first_index(&self) -> LogIndex {
+        self.purged.index.next()
+    }
+
+    /// The last entry's id (the purged entry's when the log is empty).
     pub fn last_log_id(&self) -> LogId {
-        self.entries
-            .back()
-            .map_or(self.snapshot.last_log_id, |e| e.log_id)
+        self.entries.back().map_or(self.purged, |e| e.log_id)
     }
 
     /// The last entry's index.
@@ -84,16 +96,21 @@ impl RaftLog {
         self.applied
     }
 
+    /// The highest index handed to the state machine in an `Apply` action.
+    pub fn apply_queued(&self) -> LogIndex {
+        self.apply_queued
+    }
+
     /// The highest index known durable on this node.
     pub fn persisted(&self) -> LogIndex {
         self.persisted
     }
 
-    /// The term of the entry at `index`, if this log knows it (the snapshot's last
-    /// entry included).
+    /// The term of the entry at `index`, if this log knows it (the purged entry
+    /// included).
     pub fn term(&self, index: LogIndex) -> Option<Term> {
-        if index == self.snapshot.last_log_id.index {
-            return Some(self.snapshot.last_log_id.term);
+        if index == self.purged.index {
+            return Some(self.purged.term);
         }
         self.entry(index).map(|e| e.log_id.term)
     }
@@ -200,10 +217,8 @@ impl RaftLog {
             if e.log_id.term == term {
                 return Some(e.log_id.index);
             }
-        } else if self.snapshot.last_log_id.term == term
-            && at_most >= self.snapshot.last_log_id.index
-        {
-            return Some(self.snapshot.last_log_id.index);
+        } else if self.purged.term == term && at_most >= self.purged.index {
+            return Some(self.purged.index);
         }
         None
     }
@@ -286,28 +301,105 @@ impl RaftLog {
     }
 
     /// The newest membership in the log, or the snapshot's, with the id of the entry
-    /// that carries it.
+    /// that carries it. Entries the snapshot covers (a kept tail) are older than the
+    /// snapshot's own membership and are skipped.
     pub(crate) fn latest_membership(&self) -> (LogId, &Membership) {
+        self.membership_at(self.last_index())
+    }
+
+    /// The membership in effect at `index` (at or after the snapshot).
+    pub(crate) fn membership_at(&self, index: LogIndex) -> (LogId, &Membership) {
+        let snap = self.snapshot.last_log_id;
         for e in self.entries.iter().rev() {
+            if e.log_id.index <= snap.index {
+                break;
+            }
+            if e.log_id.index > index {
+                continue;
+            }
             if let EntryPayload::Membership(m) = &e.payload {
                 return (e.log_id, m);
             }
         }
-        (self.snapshot.last_log_id, &self.snapshot.membership)
+        (snap, &self.snapshot.membership)
+    }
+
+    /// Records a snapshot the state machine built and made durable. Older snapshots
+    /// than the current one are ignored. Returns whether it was taken.
+    pub(crate) fn set_snapshot(&mut self, meta: SnapshotMeta) -> bool {
+        let index = meta.last_log_id.index;
+        if index <= self.snapshot.last_log_id.index {
+            return false;
+        }
+        assert!(
+            index <= self.apply_queued && self.matches(meta.last_log_id),
+            "snapshot {:?} is not an entry of this log handed out for applying (up to {:?})",
+            meta.last_log_id,
+            self.apply_queued
+        );
+        self.snapshot = meta;
+        true
+    }
+
+    /// Removes every entry up to `index` (which the snapshot must cover). Returns the
+    /// id of the new purged entry.
+    pub(crate) fn compact(&mut self, index: LogIndex) -> LogId {
+        assert!(
+            index <= self.snapshot.last_log_id.index,
+            "compaction to {index:?} beyond the snapshot {:?}",
+            self.snapshot.last_log_id
+        );
+        if index <= self.purged.index {
+            return self.purged;
+        }
+        let Some(term) = self.term(index) else {
+            return self.purged;
+        };
+        let count = index.distance_from(self.purged.index) as usize;
+        self.entries.drain(..count.min(self.entries.len()));
+        self.purged = LogId::new(term, index);
+        self.persisted = self.persisted.max(index);
+        self.queued = self.queued.max(index);
+        self.purged
+    }
+
+    /// Replaces the log's prefix up to the snapshot's last entry with the snapshot
+    /// (paper §7): when this log holds that entry, the entries after it are kept,
+    /// otherwise the whole log is discarded. Everything the snapshot covers counts as
+    /// committed, applied and durable. Returns whether the log was discarded.
+    pub(crate) fn install_snapshot(&mut self, meta: SnapshotMeta) -> bool {
+        let last = meta.last_log_id;
+        let keep = self.matches(last) && last.index >= self.purged.index;
+        if keep {
+            let count = last.index.distance_from(self.purged.index) as usize;
+            self.entries.drain(..count.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+        }
+        self.purged = last;
+        self.snapshot = meta;
+        let end = self.last_index();
+        self.committed = self.committed.max(last.index).min(end);
+        self.apply_queued = self.apply_queued.max(last.index);
+        self.applied = self.applied.max(last.index);
+        self.persisted = self.persisted.clamp(last.index, end);
+        self.queued = self.queued.clamp(last.index, end);
+        !keep
     }
 
     /// Checks the invariants listed on the type; panics with context on a violation.
     pub(crate) fn check(&self) {
-        let snap = self.snapshot.last_log_id;
+        let purged = self.purged;
+        let snap = self.snapshot.last_log_id.index;
         if let (Some(first), Some(last)) = (self.entries.front(), self.entries.back()) {
             assert_eq!(
                 first.log_id.index,
-                snap.index.next(),
-                "log does not start after its snapshot"
+                purged.index.next(),
+                "log does not start after its purged prefix"
             );
             assert!(
-                first.log_id.term >= snap.term,
-                "first entry's term is below the snapshot's"
+                first.log_id.term >= purged.term,
+                "first entry's term is below the purged entry's"
             );
             assert_eq!(
                 last.log_id.index.0 - first.log_id.index.0 + 1,
@@ -317,12 +409,13 @@ impl RaftLog {
         }
         let last = self.last_index();
         assert!(
-            snap.index <= self.applied
+            purged.index <= snap
+                && snap <= self.apply_queued
                 && self.applied <= self.apply_queued
                 && self.apply_queued <= self.committed
                 && self.committed <= last,
-            "log cursors out of order: snapshot {:?} applied {:?} apply_queued {:?} committed {:?} last {:?}",
-            snap.index,
+            "log cursors out of order: purged {:?} snapshot {snap:?} applied {:?} apply_queued {:?} committed {:?} last {:?}",
+            purged.index,
             self.applied,
             self.apply_queued,
             self.committed,

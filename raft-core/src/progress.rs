@@ -1,7 +1,7 @@
 //! The leader's view of one follower's log (dissertation §3.5 "nextIndex/matchIndex",
 //! with etcd raft's probe/replicate flow control).
 
-use raft_proto::LogIndex;
+use raft_proto::{LogIndex, SnapshotMeta};
 use std::collections::VecDeque;
 
 /// How the leader is currently sending to a follower.
@@ -13,6 +13,60 @@ pub enum ProgressState {
     /// The follower's log matches up to `match_index`: the leader streams appends
     /// without waiting, up to the in-flight limits.
     Replicate,
+    /// The entries the follower needs were compacted away: the leader streams it a
+    /// snapshot in chunks (paper §7) and sends only heartbeats meanwhile.
+    Snapshot,
+}
+
+/// A snapshot transfer to one follower.
+///
+/// Invariant: `acked <= next`, and when `size` is known, `acked <= size`.
+#[derive(Clone, Debug)]
+pub struct SnapshotSend {
+    /// The snapshot being sent.
+    pub meta: SnapshotMeta,
+    /// The follower holds bytes `[0, acked)`.
+    pub acked: u64,
+    /// The next offset to request from storage.
+    pub next: u64,
+    /// The snapshot's size, once its last chunk has been read.
+    pub size: Option<u64>,
+    /// Answers in a row that did not move `acked` (a lost chunk shows up this way).
+    pub(crate) stuck_answers: u32,
+    /// Heartbeats since `acked` last moved (a lost answer shows up this way).
+    pub(crate) idle_heartbeats: u32,
+}
+
+impl SnapshotSend {
+    fn new(meta: SnapshotMeta) -> SnapshotSend {
+        SnapshotSend {
+            meta,
+            acked: 0,
+            next: 0,
+            size: None,
+            stuck_answers: 0,
+            idle_heartbeats: 0,
+        }
+    }
+
+    /// Chunks requested or sent and not yet acknowledged.
+    pub(crate) fn in_flight(&self, chunk: usize) -> usize {
+        self.next
+            .saturating_sub(self.acked)
+            .div_ceil(chunk.max(1) as u64) as usize
+    }
+
+    /// Whether every byte has been requested.
+    pub(crate) fn all_requested(&self) -> bool {
+        self.size.is_some_and(|size| self.next >= size)
+    }
+
+    /// Sends again from what the follower acknowledged.
+    pub(crate) fn rewind(&mut self) {
+        self.next = self.acked;
+        self.stuck_answers = 0;
+        self.idle_heartbeats = 0;
+    }
 }
 
 /// Replication progress of one follower.
@@ -36,6 +90,8 @@ pub struct Progress {
     pub(crate) recent_active: bool,
     /// The highest heartbeat round the follower has acknowledged in this term.
     pub(crate) acked_round: u64,
+    /// In `Snapshot`: the transfer.
+    pub snapshot: Option<SnapshotSend>,
 }
 
 impl Progress {
@@ -49,6 +105,7 @@ impl Progress {
             inflight_bytes: 0,
             recent_active: false,
             acked_round: 0,
+            snapshot: None,
         }
     }
 
@@ -59,6 +116,7 @@ impl Progress {
             ProgressState::Replicate => {
                 self.inflight.len() >= max_inflight || self.inflight_bytes >= max_inflight_bytes
             }
+            ProgressState::Snapshot => true,
         }
     }
 
@@ -66,6 +124,7 @@ impl Progress {
     pub(crate) fn on_sent(&mut self, last: LogIndex, bytes: usize, entries: usize) {
         match self.state {
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => {}
             ProgressState::Replicate => {
                 if entries > 0 {
                     debug_assert!(last >= self.next_index);
@@ -91,7 +150,7 @@ impl Progress {
             self.inflight.pop_front();
             self.inflight_bytes -= bytes;
         }
-        if self.state == ProgressState::Probe {
+        if self.state != ProgressState::Replicate {
             self.become_replicate();
         }
         moved
@@ -102,6 +161,8 @@ impl Progress {
     /// the rejection is stale (answers an append the leader has moved past).
     pub(crate) fn on_reject(&mut self, rejected: LogIndex, next: LogIndex) -> bool {
         match self.state {
+            // Heartbeats to a follower receiving a snapshot are expected to fail.
+            ProgressState::Snapshot => false,
             ProgressState::Replicate if rejected <= self.match_index => false,
             ProgressState::Probe if rejected.next() != self.next_index => false,
             _ => {
@@ -119,13 +180,30 @@ impl Progress {
         self.probe_sent = false;
         self.inflight.clear();
         self.inflight_bytes = 0;
+        self.snapshot = None;
         self.next_index = self.match_index.next();
     }
 
     fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
         self.probe_sent = false;
+        self.snapshot = None;
         self.next_index = self.match_index.next();
+    }
+
+    /// Starts streaming `meta` to the follower.
+    pub(crate) fn become_snapshot(&mut self, meta: SnapshotMeta) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.snapshot = Some(SnapshotSend::new(meta));
+    }
+
+    /// The follower installed (or already had) a snapshot ending at `index`.
+    pub(crate) fn on_snapshot_installed(&mut self, index: LogIndex) {
+        self.match_index = self.match_index.max(index);
+        self.become_replicate();
     }
 
     /// Allows one more probe (called on every heartbeat).

@@ -8,6 +8,7 @@ use crate::log::RaftLog;
 use crate::progress::Progress;
 use crate::read::ReadState;
 use crate::rng::Rng;
+use crate::snapshot::Incoming;
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message, NodeId, ReadId,
     SnapshotMeta, Term,
@@ -19,10 +20,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct Restore {
     /// The last persisted term and vote.
     pub hard_state: HardState,
-    /// The snapshot the stored log starts after; for a brand-new cluster, an empty
-    /// snapshot at [`LogId::ZERO`] holding the initial membership.
+    /// The newest durable snapshot; for a brand-new cluster, an empty snapshot at
+    /// [`LogId::ZERO`] holding the initial membership.
     pub snapshot: SnapshotMeta,
-    /// The stored entries after the snapshot, in order.
+    /// The last entry purged from the stored log (from [`Action::PurgeLog`], or the
+    /// snapshot's last entry after [`Action::InstallSnapshot`]); [`LogId::ZERO`] when
+    /// nothing was purged.
+    pub purged: LogId,
+    /// The stored entries after `purged`, in order.
     pub entries: Vec<Entry>,
     /// The last index the state machine has durably applied.
     pub applied: LogIndex,
@@ -36,6 +41,7 @@ impl Restore {
             snapshot: SnapshotMeta {
                 last_log_id: LogId::ZERO,
                 membership,
+                id: 0,
             },
             ..Restore::default()
         }
@@ -191,6 +197,10 @@ pub struct Raft {
     randomized_timeout: u32,
     /// Reads confirmed by a leader, waiting until `applied >= index`.
     pub(crate) ready_reads: Vec<(LogIndex, ReadId)>,
+    /// The index of the snapshot the state machine is building, if any.
+    pub(crate) snapshot_building: Option<LogIndex>,
+    /// A snapshot being received from the leader.
+    pub(crate) incoming: Option<Incoming>,
     actions: VecDeque<Action>,
 }
 
@@ -202,11 +212,12 @@ impl Raft {
         let Restore {
             hard_state,
             snapshot,
+            purged,
             entries,
             applied,
         } = restore;
-        let mut expected = snapshot.last_log_id.index.next();
-        let mut term = snapshot.last_log_id.term;
+        let mut expected = purged.index.next();
+        let mut term = purged.term;
         for e in &entries {
             if e.log_id.index != expected {
                 return Err(InitError::LogGap {
@@ -238,7 +249,23 @@ impl Raft {
                 snapshot: snapshot.last_log_id.index,
             });
         }
-        let log = RaftLog::restore(snapshot, entries, applied);
+        let snap = snapshot.last_log_id;
+        let term_at_snapshot = if snap.index == purged.index {
+            Some(purged.term)
+        } else {
+            entries
+                .iter()
+                .find(|e| e.log_id.index == snap.index)
+                .map(|e| e.log_id.term)
+        };
+        if snap.index < purged.index || term_at_snapshot != Some(snap.term) {
+            return Err(InitError::SnapshotNotInLog {
+                snapshot: snap,
+                purged,
+                last,
+            });
+        }
+        let log = RaftLog::restore(snapshot, purged, entries, applied);
         let membership = log.latest_membership().1.clone();
         let mut raft = Raft {
             id: config.id,
@@ -252,6 +279,8 @@ impl Raft {
             election_elapsed: 0,
             randomized_timeout: 0,
             ready_reads: Vec::new(),
+            snapshot_building: None,
+            incoming: None,
             actions: VecDeque::new(),
         };
         raft.reset_election_timer();
@@ -365,9 +394,8 @@ impl Raft {
             Message::TimeoutNow(_) => self.handle_timeout_now(from),
             Message::ReadIndexRequest(m) => self.handle_read_request(from, m),
             Message::ReadIndexResponse(m) => self.handle_read_response(m),
-            Message::InstallSnapshot(_) | Message::InstallSnapshotResponse(_) => {
-                tracing::warn!(node = %self.id, %from, "snapshot transfer is not supported yet; dropped");
-            }
+            Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
+            Message::InstallSnapshotResponse(m) => self.handle_snapshot_response(from, m),
         }
         self.check_invariants();
     }
@@ -413,6 +441,7 @@ impl Raft {
     pub fn applied(&mut self, up_to: LogIndex) {
         self.log.applied_to(up_to);
         self.release_ready_reads();
+        self.maybe_request_snapshot();
         self.check_invariants();
     }
 
@@ -540,6 +569,7 @@ impl Raft {
             Message::InstallSnapshot(m) => {
                 Message::InstallSnapshotResponse(raft_proto::InstallSnapshotResponse {
                     term,
+                    snapshot_id: m.meta.id,
                     snapshot: m.meta.last_log_id,
                     outcome: raft_proto::SnapshotOutcome::Received { next_offset: 0 },
                 })

@@ -122,13 +122,13 @@ impl Raft {
             return;
         };
         l.heartbeat_due = true;
-        if l.reads.awaiting_commit.is_empty() {
-            return;
+        if !l.reads.awaiting_commit.is_empty() {
+            let waiting = std::mem::take(&mut l.reads.awaiting_commit);
+            for origin in waiting {
+                self.leader_read(origin);
+            }
         }
-        let waiting = std::mem::take(&mut l.reads.awaiting_commit);
-        for origin in waiting {
-            self.leader_read(origin);
-        }
+        self.maybe_step_down_removed();
     }
 
     /// Releases every read whose round a quorum of voters has acknowledged.

@@ -36,17 +36,21 @@ impl Raft {
     /// Sends `peer` the next batch of entries if its window allows, else (when
     /// `heartbeat`) an empty append that carries the commit index and the round.
     fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
+        if self.needs_snapshot(peer) {
+            // The entries it needs were compacted away: stream the snapshot, and keep
+            // heartbeating so the follower knows its leader meanwhile.
+            if heartbeat {
+                self.send_heartbeat_at(peer, self.log.purged());
+            }
+            self.pump_snapshot(peer);
+            return;
+        }
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
         let Some(pr) = l.progress.get_mut(&peer) else {
             return;
         };
-        if pr.next_index < self.log.first_index() {
-            // The entries this follower needs were compacted away: it needs a snapshot,
-            // which a later change implements.
-            return;
-        }
         let paused = pr.is_paused(
             self.config.max_inflight_appends,
             self.config.max_inflight_bytes,
@@ -75,6 +79,21 @@ impl Raft {
             term: self.hard_state.term,
             prev_log_id: LogId::new(prev_term, prev_index),
             entries,
+            leader_commit: self.log.committed(),
+            round: l.round,
+        });
+        self.send(peer, message);
+    }
+
+    /// An empty append checking `prev`: it carries the commit index and the round.
+    fn send_heartbeat_at(&mut self, peer: NodeId, prev: LogId) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        let message = Message::AppendEntries(AppendEntries {
+            term: self.hard_state.term,
+            prev_log_id: prev,
+            entries: Vec::new(),
             leader_commit: self.log.committed(),
             round: l.round,
         });

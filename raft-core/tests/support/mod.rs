@@ -7,7 +7,7 @@
 use raft_core::{Action, Config, Persist, Raft, ReadError, Restore, Role};
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message, NodeId, ReadId,
-    SnapshotMeta, Term,
+    SnapshotMeta, Term, decode_frame, encode_frame,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -20,6 +20,9 @@ pub fn n(id: u64) -> NodeId {
 pub struct Disk {
     pub hard_state: HardState,
     pub snapshot: SnapshotMeta,
+    /// The snapshot's bytes: the encoded list of commands applied up to it.
+    pub snapshot_data: Vec<u8>,
+    pub purged: LogId,
     pub entries: Vec<Entry>,
 }
 
@@ -32,7 +35,7 @@ impl Disk {
             let expected = self
                 .entries
                 .last()
-                .map_or(self.snapshot.last_log_id.index, |e| e.log_id.index)
+                .map_or(self.purged.index, |e| e.log_id.index)
                 .next();
             assert_eq!(
                 first.log_id.index, expected,
@@ -46,6 +49,11 @@ impl Disk {
         }
     }
 
+    pub fn purge(&mut self, up_to: LogId) {
+        self.entries.retain(|e| e.log_id.index > up_to.index);
+        self.purged = up_to;
+    }
+
     pub fn terms(&self) -> Vec<u64> {
         self.entries.iter().map(|e| e.log_id.term.0).collect()
     }
@@ -55,43 +63,74 @@ pub struct TestNode {
     pub raft: Raft,
     pub config: Config,
     pub disk: Disk,
-    /// Entries the state machine applied, in order.
+    /// Entries handed to the state machine by `Apply`, in order (this incarnation).
     pub applied: Vec<Entry>,
+    /// The state machine: every command applied, in order (a snapshot restores it).
+    pub state: Vec<Vec<u8>>,
     pub reads_ready: Vec<(ReadId, LogIndex)>,
     pub reads_failed: Vec<(ReadId, ReadError)>,
     /// When false, the node's disk is "slow": a `Persist` and every action after it
     /// wait in `stalled` until `release_disk`.
     pub disk_fast: bool,
     pub stalled: VecDeque<Action>,
+    /// A snapshot being received: its id and the bytes so far.
+    pub incoming: Option<(u64, Vec<u8>)>,
+    /// Snapshots built, and snapshots installed from a leader.
+    pub snapshots_built: usize,
+    pub snapshots_installed: usize,
+    /// When true, snapshot chunk reads wait in `chunk_reads` until `read_chunks`.
+    pub slow_chunk_reads: bool,
+    pub chunk_reads: VecDeque<Action>,
 }
 
 impl TestNode {
     pub fn new(config: Config, restore: Restore) -> TestNode {
-        let disk = Disk {
-            hard_state: restore.hard_state,
-            snapshot: restore.snapshot.clone(),
-            entries: restore.entries.clone(),
+        Self::with_disk(
+            config,
+            Disk {
+                hard_state: restore.hard_state,
+                snapshot: restore.snapshot.clone(),
+                snapshot_data: Vec::new(),
+                purged: restore.purged,
+                entries: restore.entries.clone(),
+            },
+        )
+    }
+
+    /// A node that starts from `disk`, as after a restart.
+    pub fn with_disk(config: Config, disk: Disk) -> TestNode {
+        let restore = Restore {
+            hard_state: disk.hard_state,
+            snapshot: disk.snapshot.clone(),
+            purged: disk.purged,
+            entries: disk.entries.clone(),
+            applied: disk.snapshot.last_log_id.index,
+        };
+        let state = if disk.snapshot_data.is_empty() {
+            Vec::new()
+        } else {
+            decode_frame(&disk.snapshot_data).expect("a snapshot this test wrote")
         };
         TestNode {
             raft: Raft::new(config.clone(), restore).expect("valid test node"),
             config,
             disk,
             applied: Vec::new(),
+            state,
             reads_ready: Vec::new(),
             reads_failed: Vec::new(),
             disk_fast: true,
             stalled: VecDeque::new(),
+            incoming: None,
+            snapshots_built: 0,
+            snapshots_installed: 0,
+            slow_chunk_reads: false,
+            chunk_reads: VecDeque::new(),
         }
     }
 
     pub fn commands(&self) -> Vec<Vec<u8>> {
-        self.applied
-            .iter()
-            .filter_map(|e| match &e.payload {
-                EntryPayload::Command(c) => Some(c.to_vec()),
-                _ => None,
-            })
-            .collect()
+        self.state.clone()
     }
 }
 
@@ -218,6 +257,11 @@ impl Cluster {
             }
             Action::Apply(entries) => {
                 let last = entries.last().map(|e| e.log_id.index);
+                for e in &entries {
+                    if let EntryPayload::Command(c) = &e.payload {
+                        node.state.push(c.to_vec());
+                    }
+                }
                 node.applied.extend(entries);
                 if let Some(last) = last {
                     node.raft.applied(last);
@@ -225,6 +269,56 @@ impl Cluster {
             }
             Action::ReadReady { id, index } => node.reads_ready.push((id, index)),
             Action::ReadFailed { id, error } => node.reads_failed.push((id, error)),
+            Action::BuildSnapshot { mut meta } => {
+                node.snapshots_built += 1;
+                meta.id = (id.0 << 32) | node.snapshots_built as u64;
+                node.disk.snapshot_data = encode_frame(&node.state).expect("encodable");
+                node.disk.snapshot = meta.clone();
+                node.raft.snapshot_built(Some(meta));
+            }
+            Action::PurgeLog { up_to } => node.disk.purge(up_to),
+            Action::ReadSnapshotChunk { .. } if node.slow_chunk_reads => {
+                node.chunk_reads.push_back(action);
+            }
+            Action::ReadSnapshotChunk {
+                to,
+                meta,
+                offset,
+                len,
+            } => {
+                if node.disk.snapshot.id != meta.id {
+                    node.raft
+                        .snapshot_chunk_read(to, meta.id, offset, None, false);
+                    return;
+                }
+                let data = &node.disk.snapshot_data;
+                let start = (offset as usize).min(data.len());
+                let end = (start + len).min(data.len());
+                let chunk = Bytes::from(&data[start..end]);
+                node.raft
+                    .snapshot_chunk_read(to, meta.id, offset, Some(chunk), end == data.len());
+            }
+            Action::WriteSnapshotChunk { meta, offset, data } => {
+                if offset == 0 {
+                    node.incoming = Some((meta.id, Vec::new()));
+                }
+                let (incoming_id, buf) = node.incoming.as_mut().expect("a snapshot being received");
+                assert_eq!(*incoming_id, meta.id, "chunk of another snapshot");
+                assert_eq!(buf.len() as u64, offset, "chunk out of order");
+                buf.extend_from_slice(&data);
+            }
+            Action::InstallSnapshot { meta, discard_log } => {
+                let (incoming_id, data) = node.incoming.take().expect("a received snapshot");
+                assert_eq!(incoming_id, meta.id);
+                node.state = decode_frame(&data).expect("a snapshot this test wrote");
+                node.disk.snapshot_data = data;
+                node.disk.snapshot = meta.clone();
+                if discard_log {
+                    node.disk.entries.clear();
+                }
+                node.disk.purge(meta.last_log_id);
+                node.snapshots_installed += 1;
+            }
         }
     }
 
@@ -341,17 +435,38 @@ impl Cluster {
     }
 
     /// Restarts `id` from its disk: volatile state (and the in-memory state machine)
-    /// is lost.
+    /// is lost; the state machine comes back from the snapshot.
     pub fn restart(&mut self, id: NodeId) {
         let node = self.nodes.remove(&id).expect("node exists");
-        let restore = Restore {
-            hard_state: node.disk.hard_state,
-            snapshot: node.disk.snapshot.clone(),
-            entries: node.disk.entries.clone(),
-            applied: node.disk.snapshot.last_log_id.index,
-        };
-        self.nodes.insert(id, TestNode::new(node.config, restore));
+        self.nodes
+            .insert(id, TestNode::with_disk(node.config, node.disk));
         self.in_flight.retain(|(_, to, _)| *to != id);
+    }
+
+    /// Starts a brand-new node `id` that belongs to no configuration yet (it joins
+    /// when the leader adds it).
+    pub fn add_node(&mut self, id: NodeId, tune: impl Fn(&mut Config)) {
+        let mut config = Config::new(id);
+        tune(&mut config);
+        self.nodes
+            .insert(id, TestNode::new(config, Restore::default()));
+    }
+
+    /// Completes up to `count` of `id`'s waiting snapshot chunk reads.
+    pub fn read_chunks(&mut self, id: NodeId, count: usize) {
+        for _ in 0..count {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            let Some(read) = node.chunk_reads.pop_front() else {
+                break;
+            };
+            node.slow_chunk_reads = false;
+            self.carry_out(id, read);
+            self.nodes
+                .get_mut(&id)
+                .expect("node exists")
+                .slow_chunk_reads = true;
+        }
+        self.process(id);
     }
 
     pub fn slow_disk(&mut self, id: NodeId) {

@@ -1,0 +1,384 @@
+//! Paper §7 (log compaction and InstallSnapshot).
+
+mod support;
+
+use raft_core::{Action, Config, ProgressState};
+use raft_proto::{
+    Bytes, InstallSnapshot, LogId, LogIndex, Membership, Message, SnapshotMeta, SnapshotOutcome,
+    Term,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use support::{Cluster, drain, n, sends};
+
+/// Snapshots every 5 applied entries, 2 entries kept, 16-byte chunks, 2 in flight.
+fn small_snapshots(c: &mut Config) {
+    c.snapshot_entries = 5;
+    c.snapshot_keep_entries = 2;
+    c.snapshot_chunk_bytes = 16;
+    c.max_snapshot_chunks_in_flight = 2;
+}
+
+fn propose_many(c: &mut Cluster, count: usize) {
+    for i in 0..count {
+        c.propose(n(1), &format!("cmd-{i:03}"));
+    }
+}
+
+#[test]
+fn paper_7_a_snapshot_is_taken_once_enough_entries_are_applied() {
+    // "Each server takes snapshots independently, covering just the committed entries
+    // in its log."
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    propose_many(&mut c, 6);
+    c.ticks(1);
+    for id in c.ids() {
+        let node = c.node(id);
+        let snap = node.raft.log().snapshot().last_log_id.index;
+        assert!(node.snapshots_built >= 1, "node {id} built no snapshot");
+        assert!(
+            snap >= LogIndex(5) && snap <= node.raft.log().applied(),
+            "node {id}: snapshot at {snap:?}"
+        );
+    }
+}
+
+#[test]
+fn paper_7_the_log_is_compacted_only_behind_a_durable_snapshot_keeping_a_tail() {
+    // "Once a server completes writing a snapshot, it may delete all log entries up
+    // through the last included index", here keeping a configurable tail.
+    let mut c = Cluster::new_with(1, small_snapshots);
+    c.elect(n(1));
+    let raft = c.raft_mut(n(1));
+    let mut built = None;
+    for i in 0..5 {
+        raft.propose(Bytes::from(format!("c{i}").as_str()))
+            .expect("leader");
+        while let Some(a) = raft.poll_action() {
+            match a {
+                Action::Persist(p) => {
+                    if let Some(last) = p.entries.last() {
+                        raft.persisted(last.log_id);
+                    }
+                }
+                Action::Apply(e) => raft.applied(e.last().expect("entries").log_id.index),
+                Action::BuildSnapshot { meta } => built = Some(meta),
+                Action::PurgeLog { .. } => panic!("purged before the snapshot is durable"),
+                _ => {}
+            }
+        }
+    }
+    let mut meta = built.expect("a snapshot was asked for");
+    assert_eq!(raft.log().purged(), LogId::ZERO, "nothing compacted yet");
+    meta.id = 7;
+    let index = meta.last_log_id.index;
+    raft.snapshot_built(Some(meta));
+    let purge = drain(raft).into_iter().find_map(|a| match a {
+        Action::PurgeLog { up_to } => Some(up_to),
+        _ => None,
+    });
+    assert_eq!(
+        purge.map(|p| p.index),
+        Some(LogIndex(index.0 - 2)),
+        "two entries kept"
+    );
+    assert_eq!(raft.log().first_index(), LogIndex(index.0 - 1));
+}
+
+#[test]
+fn paper_7_a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    // "The leader uses a new RPC called InstallSnapshot to send snapshots to followers
+    // that are too far behind."
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 30);
+    assert!(
+        c.raft(n(1)).log().first_index() > LogIndex(2),
+        "the leader compacted"
+    );
+    c.heal();
+    c.ticks(20);
+    let (leader, follower) = (c.node(n(1)), c.node(n(3)));
+    assert!(follower.snapshots_installed >= 1);
+    assert_eq!(follower.state, leader.state, "same state machine");
+    assert_eq!(
+        follower.raft.log().last_log_id(),
+        leader.raft.log().last_log_id()
+    );
+    let chunks = c
+        .delivered
+        .iter()
+        .filter(|(_, to, m)| *to == n(3) && matches!(m, Message::InstallSnapshot(_)))
+        .count();
+    assert!(chunks > 2, "the snapshot travelled in chunks ({chunks})");
+}
+
+#[test]
+fn paper_7_a_slightly_slow_follower_catches_up_from_the_kept_tail() {
+    // The kept tail lets a follower that missed a few entries catch up from the log.
+    let mut c = Cluster::new_with(3, |c| {
+        small_snapshots(c);
+        c.snapshot_keep_entries = 50;
+    });
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 12);
+    assert!(c.raft(n(1)).log().snapshot().last_log_id.index >= LogIndex(5));
+    c.heal();
+    c.ticks(5);
+    assert_eq!(c.node(n(3)).snapshots_installed, 0);
+    assert_eq!(c.node(n(3)).state, c.node(n(1)).state);
+}
+
+static CHUNKS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn paper_7_a_lost_chunk_is_resent_from_the_followers_offset_not_from_zero() {
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 30);
+    c.heal();
+    // Lose the second chunk sent to node 3, once.
+    c.drop_if = Some(|_, to, m| {
+        to == n(3)
+            && matches!(m, Message::InstallSnapshot(_))
+            && CHUNKS_SEEN.fetch_add(1, Ordering::SeqCst) == 1
+    });
+    c.ticks(40);
+    assert!(CHUNKS_SEEN.load(Ordering::SeqCst) > 2);
+    assert!(
+        c.node(n(3)).snapshots_installed >= 1,
+        "the transfer completed"
+    );
+    let from_zero = c
+        .delivered
+        .iter()
+        .filter(|(_, to, m)| {
+            *to == n(3) && matches!(m, Message::InstallSnapshot(s) if s.offset == 0)
+        })
+        .count();
+    assert_eq!(
+        from_zero,
+        c.node(n(3)).snapshots_installed,
+        "never restarted from zero"
+    );
+    assert_eq!(c.node(n(3)).state, c.node(n(1)).state);
+}
+
+#[test]
+fn paper_7_chunks_in_flight_are_bounded() {
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 30);
+    c.heal();
+    // Step message by message and look at the wire after each delivery.
+    let mut max_in_flight = 0;
+    for _ in 0..50 {
+        c.raft_mut(n(1)).tick();
+        c.process(n(1));
+        while c.deliver_one() {
+            let chunks = c
+                .in_flight
+                .iter()
+                .filter(|(_, to, m)| *to == n(3) && matches!(m, Message::InstallSnapshot(_)))
+                .count();
+            max_in_flight = max_in_flight.max(chunks);
+        }
+        if c.node(n(3)).snapshots_installed > 0 {
+            break;
+        }
+    }
+    assert!(c.node(n(3)).snapshots_installed > 0);
+    assert!(
+        (1..=2).contains(&max_in_flight),
+        "{max_in_flight} chunks in flight"
+    );
+}
+
+#[test]
+fn paper_7_heartbeats_keep_flowing_while_a_snapshot_streams() {
+    // A snapshot to one follower never holds up the others: count, in ticks, the
+    // longest gap between AppendEntries the leader sends to node 2 while node 3 is in
+    // the snapshot state.
+    let mut c = Cluster::new_with(3, |c| {
+        small_snapshots(c);
+        c.snapshot_chunk_bytes = 4;
+        c.max_snapshot_chunks_in_flight = 1;
+    });
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 40);
+    c.heal();
+    c.in_flight.clear();
+    // The leader's disk reads one chunk per tick.
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
+    let (mut gap, mut longest, mut streaming_ticks) = (0u32, 0u32, 0u32);
+    for _ in 0..400 {
+        c.raft_mut(n(1)).tick();
+        c.raft_mut(n(2)).tick();
+        c.raft_mut(n(3)).tick();
+        c.read_chunks(n(1), 1);
+        c.process_all();
+        let streaming = c
+            .raft(n(1))
+            .progress(n(3))
+            .is_some_and(|p| p.state == ProgressState::Snapshot);
+        let to_2 = c
+            .in_flight
+            .iter()
+            .any(|(_, to, m)| *to == n(2) && matches!(m, Message::AppendEntries(_)));
+        c.settle();
+        if streaming {
+            streaming_ticks += 1;
+            gap = if to_2 { 0 } else { gap + 1 };
+            longest = longest.max(gap);
+        } else if streaming_ticks > 0 {
+            break;
+        }
+    }
+    assert!(
+        streaming_ticks > 5,
+        "the snapshot streamed over {streaming_ticks} ticks"
+    );
+    assert_eq!(
+        longest, 0,
+        "node 2 missed a heartbeat while node 3 received the snapshot"
+    );
+    assert_eq!(
+        c.leader(),
+        Some(n(1)),
+        "no election: node 3 heard heartbeats too"
+    );
+}
+
+fn chunk(term: u64, last: (u64, u64), id: u64, offset: u64, data: &[u8], done: bool) -> Message {
+    Message::InstallSnapshot(InstallSnapshot {
+        term: Term(term),
+        meta: SnapshotMeta {
+            last_log_id: LogId::new(Term(last.0), LogIndex(last.1)),
+            membership: Membership::voters([n(1), n(2), n(3)]),
+            id,
+        },
+        offset,
+        data: Bytes::from(data),
+        done,
+    })
+}
+
+fn outcome(out: &[(raft_proto::NodeId, Message)]) -> SnapshotOutcome {
+    match out.last() {
+        Some((_, Message::InstallSnapshotResponse(r))) => r.outcome,
+        other => panic!("no snapshot answer: {other:?}"),
+    }
+}
+
+#[test]
+fn paper_7_a_snapshot_older_than_the_followers_state_is_acknowledged_and_ignored() {
+    // "If instead the follower receives a snapshot that describes a prefix of its log
+    // ... entries covered by the snapshot are deleted but entries following the
+    // snapshot are still valid": one it already has entirely is simply acknowledged.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    propose_many(&mut c, 6);
+    c.ticks(1);
+    let committed = c.raft(n(2)).log().committed();
+    let term = c.term(n(1)).0;
+    c.raft_mut(n(2))
+        .step(n(1), chunk(term, (1, 3), 99, 0, b"old", true));
+    let actions = drain(c.raft_mut(n(2)));
+    assert!(!actions.iter().any(|a| matches!(
+        a,
+        Action::WriteSnapshotChunk { .. } | Action::InstallSnapshot { .. }
+    )));
+    assert_eq!(
+        outcome(&sends(&actions)),
+        SnapshotOutcome::Installed {
+            last_index: committed
+        }
+    );
+}
+
+#[test]
+fn paper_7_install_keeps_a_matching_suffix_and_discards_a_conflicting_log() {
+    // "If the follower receives a snapshot that describes a prefix of its log, then log
+    // entries covered by the snapshot are deleted but entries following the snapshot
+    // are still valid and must be retained." Otherwise "the follower discards its
+    // entire log; it is all superseded by the snapshot."
+    let mut c = Cluster::with_logs(&[vec![], vec![1, 1, 1, 1], vec![1, 2, 2, 2]], |_| {});
+    for (id, expect_last, discarded) in [(n(2), LogIndex(4), false), (n(3), LogIndex(2), true)] {
+        c.raft_mut(id).step(n(1), chunk(3, (1, 2), 5, 0, b"", true));
+        let actions = drain(c.raft_mut(id));
+        let install = actions.iter().find_map(|a| match a {
+            Action::InstallSnapshot { discard_log, .. } => Some(*discard_log),
+            _ => None,
+        });
+        assert_eq!(install, Some(discarded), "node {id}");
+        assert_eq!(c.raft(id).log().last_index(), expect_last, "node {id}");
+        assert_eq!(
+            outcome(&sends(&actions)),
+            SnapshotOutcome::Installed {
+                last_index: expect_last
+            }
+        );
+        assert_eq!(c.raft(id).log().committed(), LogIndex(2));
+    }
+}
+
+#[test]
+fn paper_7_a_partial_transfer_resumes_with_a_new_leader() {
+    // Chunks of the same snapshot (same id) from a new leader continue where the old
+    // leader's transfer stopped, instead of starting over.
+    let mut c = Cluster::new(3);
+    c.raft_mut(n(3))
+        .step(n(1), chunk(1, (1, 40), 77, 0, b"0123456789", false));
+    c.raft_mut(n(3))
+        .step(n(1), chunk(1, (1, 40), 77, 10, b"abcdefghij", false));
+    drain(c.raft_mut(n(3)));
+    // Node 2 now leads term 2 and starts the same snapshot from offset 0.
+    c.raft_mut(n(3))
+        .step(n(2), chunk(2, (1, 40), 77, 0, b"0123456789", false));
+    let actions = drain(c.raft_mut(n(3)));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteSnapshotChunk { .. })),
+        "nothing rewritten"
+    );
+    assert_eq!(
+        outcome(&sends(&actions)),
+        SnapshotOutcome::Received { next_offset: 20 }
+    );
+    // A different snapshot starts over.
+    c.raft_mut(n(3))
+        .step(n(2), chunk(2, (2, 50), 78, 0, b"xy", false));
+    let actions = drain(c.raft_mut(n(3)));
+    assert_eq!(
+        outcome(&sends(&actions)),
+        SnapshotOutcome::Received { next_offset: 2 }
+    );
+}
+
+#[test]
+fn paper_7_a_restart_resumes_from_the_snapshot_and_the_kept_log() {
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    propose_many(&mut c, 12);
+    c.ticks(2);
+    let before = c.node(n(2)).state.clone();
+    let log_before = c.raft(n(2)).log().last_log_id();
+    assert!(
+        c.node(n(2)).disk.purged.index > LogIndex(0),
+        "node 2 compacted its stored log"
+    );
+    c.restart(n(2));
+    assert_eq!(c.raft(n(2)).log().last_log_id(), log_before);
+    c.ticks(2);
+    assert_eq!(
+        c.node(n(2)).state,
+        before,
+        "snapshot + re-applied tail = the same state"
+    );
+}
