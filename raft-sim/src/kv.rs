@@ -118,3 +118,129 @@ mod tests {
         );
     }
 }
+
+impl KvStore {
+    /// The store as snapshot bytes: keys in order, then sessions in client order, so
+    /// equal stores encode to equal bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
+        put(&mut out, self.data.len() as u64);
+        for (key, values) in &self.data {
+            put(&mut out, *key);
+            put(&mut out, values.len() as u64);
+            for v in values {
+                put(&mut out, *v);
+            }
+        }
+        let mut sessions: Vec<_> = self.sessions.iter().collect();
+        sessions.sort_by_key(|(client, _)| **client);
+        put(&mut out, sessions.len() as u64);
+        for (client, (seq, output)) in sessions {
+            put(&mut out, *client);
+            put(&mut out, *seq);
+            match output {
+                KvOutput::Unit => out.push(0),
+                KvOutput::Cas(false) => out.push(1),
+                KvOutput::Cas(true) => out.push(2),
+                KvOutput::Value(None) => out.push(3),
+                KvOutput::Value(Some(values)) => {
+                    out.push(4);
+                    put(&mut out, values.len() as u64);
+                    for v in values {
+                        put(&mut out, *v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A store from snapshot bytes; `None` when they are malformed.
+    pub fn decode(bytes: &[u8]) -> Option<KvStore> {
+        let mut r = Reader { bytes, pos: 0 };
+        let mut kv = KvStore::default();
+        for _ in 0..r.u64()? {
+            let key = r.u64()?;
+            let values = r.values()?;
+            kv.data.insert(key, values);
+        }
+        for _ in 0..r.u64()? {
+            let client = r.u64()?;
+            let seq = r.u64()?;
+            let output = match r.u8()? {
+                0 => KvOutput::Unit,
+                1 => KvOutput::Cas(false),
+                2 => KvOutput::Cas(true),
+                3 => KvOutput::Value(None),
+                4 => KvOutput::Value(Some(r.values()?)),
+                _ => return None,
+            };
+            kv.sessions.insert(client, (seq, output));
+        }
+        (r.pos == bytes.len()).then_some(kv)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let raw = self.bytes.get(self.pos..self.pos + 8)?;
+        self.pos += 8;
+        Some(u64::from_le_bytes(raw.try_into().ok()?))
+    }
+
+    fn values(&mut self) -> Option<Vec<u64>> {
+        let len = usize::try_from(self.u64()?).ok()?;
+        if len > self.bytes.len() / 8 {
+            return None;
+        }
+        (0..len).map(|_| self.u64()).collect()
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    #[test]
+    fn a_store_round_trips_through_its_snapshot_bytes() {
+        let mut kv = KvStore::default();
+        kv.apply(&ClientCommand {
+            client: 3,
+            seq: 1,
+            key: 9,
+            op: KvOp::Append { value: 5 },
+        });
+        kv.apply(&ClientCommand {
+            client: 1,
+            seq: 4,
+            key: 2,
+            op: KvOp::Cas {
+                expected: None,
+                new: 6,
+            },
+        });
+        kv.apply(&ClientCommand {
+            client: 2,
+            seq: 1,
+            key: 2,
+            op: KvOp::Get,
+        });
+        let bytes = kv.encode();
+        let back = KvStore::decode(&bytes).expect("valid");
+        assert_eq!(back.encode(), bytes);
+        assert_eq!(back.get(9), Some(vec![5]));
+        assert!(KvStore::decode(&bytes[..bytes.len() - 1]).is_none());
+    }
+}

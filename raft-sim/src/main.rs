@@ -94,6 +94,7 @@ fn main() -> ExitCode {
     let (mut ops, mut events, mut faults) = (0u64, 0u64, 0u64);
     let (mut ok, mut failed_ops, mut unknown) = (0u64, 0u64, 0u64);
     let mut worst_leader_after_heal = (0.0f64, 0u64);
+    let mut kinds: std::collections::BTreeMap<&str, u64> = Default::default();
     for &seed in &seeds {
         let opts = SimOptions {
             seed,
@@ -109,6 +110,9 @@ fn main() -> ExitCode {
         ok += report.stats.ops_ok;
         failed_ops += report.stats.ops_failed;
         unknown += report.stats.ops_unknown;
+        for (k, v) in &report.stats.faults_by_kind {
+            *kinds.entry(k).or_default() += v;
+        }
         if let Some(t) = report.stats.leader_after_heal_us {
             let timeouts = t as f64 / report.profile.election_us() as f64;
             if timeouts > worst_leader_after_heal.0 {
@@ -145,6 +149,8 @@ fn main() -> ExitCode {
         events as f64 / secs,
     );
     println!("client ops: {ok} ok, {failed_ops} definitely failed, {unknown} of unknown outcome");
+    let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("events: {}", kinds.join(", "));
     println!(
         "slowest stable leader after healing: {:.1} election timeouts (seed {})",
         worst_leader_after_heal.0, worst_leader_after_heal.1

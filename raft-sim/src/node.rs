@@ -4,7 +4,10 @@
 use crate::kv::KvStore;
 use crate::rng::SimRng;
 use raft_core::{Action, Persist, Raft, Restore};
-use raft_proto::{Entry, HardState, LogId, LogIndex, NodeId, ReadId, SnapshotMeta};
+use raft_proto::{
+    Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, ReadId,
+    SnapshotMeta,
+};
 use std::collections::{HashMap, VecDeque};
 
 /// A node's disk: what survives a crash, and the one write in flight.
@@ -12,9 +15,13 @@ use std::collections::{HashMap, VecDeque};
 pub struct Disk {
     /// The durable term and vote.
     pub hard_state: HardState,
-    /// The durable snapshot metadata the log starts after.
+    /// The durable snapshot's metadata.
     pub snapshot: SnapshotMeta,
-    /// The durable entries after the snapshot.
+    /// The durable snapshot's bytes (the encoded key-value store).
+    pub snapshot_data: Bytes,
+    /// The last entry purged from the stored log.
+    pub purged: LogId,
+    /// The durable entries after `purged`.
     pub entries: Vec<Entry>,
     /// A write the driver issued and the disk has not finished.
     pub in_flight: Option<Persist>,
@@ -33,21 +40,35 @@ impl Disk {
     }
 
     fn truncate_from(&mut self, index: LogIndex) {
-        let keep = index
-            .distance_from(self.snapshot.last_log_id.index)
-            .saturating_sub(1);
+        let keep = index.distance_from(self.purged.index).saturating_sub(1);
         self.entries
             .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
     }
 
-    /// The durable id at `index`, if the disk holds that entry (or the snapshot ends
-    /// there).
-    pub fn log_id(&self, index: LogIndex) -> Option<LogId> {
-        let snap = self.snapshot.last_log_id;
-        if index == snap.index {
-            return Some(snap);
+    /// Removes stored entries up to `up_to`.
+    pub fn purge(&mut self, up_to: LogId) {
+        self.entries.retain(|e| e.log_id.index > up_to.index);
+        self.purged = up_to;
+    }
+
+    /// Installs a received snapshot: the state and the log prefix it replaces.
+    pub fn install(&mut self, meta: SnapshotMeta, data: Bytes, discard_log: bool) {
+        if discard_log {
+            self.entries.clear();
         }
-        let offset = index.0.checked_sub(snap.index.0 + 1)?;
+        self.purge(meta.last_log_id);
+        self.snapshot = meta;
+        self.snapshot_data = data;
+    }
+
+    /// The durable id at `index`, if the disk holds that entry (or the purged entry
+    /// ends there).
+    pub fn log_id(&self, index: LogIndex) -> Option<LogId> {
+        let purged = self.purged;
+        if index == purged.index {
+            return Some(purged);
+        }
+        let offset = index.0.checked_sub(purged.index.0 + 1)?;
         self.entries
             .get(usize::try_from(offset).ok()?)
             .map(|e| e.log_id)
@@ -77,11 +98,32 @@ impl Disk {
         }
     }
 
+    /// The last durable entry's id.
+    pub fn last_log_id(&self) -> LogId {
+        self.entries.last().map_or(self.purged, |e| e.log_id)
+    }
+
+    /// The newest configuration on disk: in the entries after the snapshot, or the
+    /// snapshot's.
+    pub fn latest_membership(&self) -> &Membership {
+        let snap = self.snapshot.last_log_id.index;
+        self.entries
+            .iter()
+            .rev()
+            .take_while(|e| e.log_id.index > snap)
+            .find_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some(m),
+                _ => None,
+            })
+            .unwrap_or(&self.snapshot.membership)
+    }
+
     /// What a restarting node reads back.
     pub fn restore(&self) -> Restore {
         Restore {
             hard_state: self.hard_state,
             snapshot: self.snapshot.clone(),
+            purged: self.purged,
             entries: self.entries.clone(),
             applied: self.snapshot.last_log_id.index,
         }
@@ -154,6 +196,12 @@ pub struct SimNode {
     pub applied: LogIndex,
     /// A crash waiting for the node's next matching write.
     pub crash_trap: Option<CrashTrap>,
+    /// A snapshot being received: its id and the bytes so far.
+    pub incoming: Option<(u64, Vec<u8>)>,
+    /// A snapshot being built: written to disk when its build completes.
+    pub building: Option<(SnapshotMeta, Bytes)>,
+    /// Snapshots this node built.
+    pub snapshots_built: u64,
 }
 
 impl SimNode {
@@ -177,6 +225,9 @@ impl SimNode {
             next_read: 0,
             applied: LogIndex::ZERO,
             crash_trap: None,
+            incoming: None,
+            building: None,
+            snapshots_built: 0,
         }
     }
 
@@ -194,6 +245,8 @@ impl SimNode {
         self.writes.clear();
         self.reads.clear();
         self.applied = LogIndex::ZERO;
+        self.incoming = None;
+        self.building = None;
         self.incarnation += 1;
     }
 }

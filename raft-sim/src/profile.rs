@@ -9,8 +9,11 @@ pub const MS: u64 = 1_000;
 /// What one seed's run looks like.
 #[derive(Clone, Debug)]
 pub struct Profile {
-    /// Number of voters.
+    /// Number of servers (3 to 7). The first `voters` start as the cluster; the rest
+    /// are spares that membership changes may add.
     pub nodes: u64,
+    /// Voters the cluster starts with.
+    pub voters: u64,
     /// Virtual microseconds per tick, before skew.
     pub tick_us: u64,
     /// Election timeout in ticks.
@@ -54,6 +57,16 @@ pub struct Profile {
     pub max_entries_per_append: usize,
     /// The most appends in flight per follower.
     pub max_inflight_appends: usize,
+    /// Snapshot every this many applied entries (0: only when the nemesis asks).
+    pub snapshot_entries: u64,
+    /// Entries kept behind a snapshot.
+    pub snapshot_keep_entries: u64,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot chunks in flight per follower.
+    pub snapshot_chunks_in_flight: usize,
+    /// A learner is promoted only within this many entries of the leader.
+    pub promote_lag_entries: u64,
     /// Use PreVote.
     pub pre_vote: bool,
     /// Use CheckQuorum.
@@ -71,6 +84,11 @@ pub enum FaultKind {
     IsolateLeader,
     /// Crash a node (possibly the leader) and restart it later.
     Crash,
+    /// Ask the leader for a membership change: add a spare as a learner, promote a
+    /// learner, or remove a node (possibly the leader itself).
+    Membership,
+    /// Ask a node for a snapshot now, at whatever point it has applied to.
+    Snapshot,
     /// Crash the next node that wins an election, within a few heartbeats of winning,
     /// so leaders die with half-replicated logs (the breeding ground of Figure 8).
     LeaderChurn,
@@ -88,6 +106,8 @@ impl FaultKind {
             FaultKind::OneWay => "one-way partition",
             FaultKind::IsolateLeader => "isolate leader",
             FaultKind::Crash => "crash",
+            FaultKind::Membership => "membership change",
+            FaultKind::Snapshot => "snapshot",
             FaultKind::LeaderChurn => "leader churn",
             FaultKind::Pause => "pause",
             FaultKind::ClockSkew => "clock skew",
@@ -95,11 +115,13 @@ impl FaultKind {
     }
 
     /// Every fault kind.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Partition,
         FaultKind::OneWay,
         FaultKind::IsolateLeader,
         FaultKind::Crash,
+        FaultKind::Membership,
+        FaultKind::Snapshot,
         FaultKind::LeaderChurn,
         FaultKind::Pause,
         FaultKind::ClockSkew,
@@ -107,9 +129,15 @@ impl FaultKind {
 }
 
 impl Profile {
-    /// Draws a profile for `seed`; `nodes` overrides the cluster size.
+    /// Draws a profile for `seed`; `nodes` overrides the number of servers.
     pub fn draw(rng: &mut SimRng, nodes: Option<u64>) -> Profile {
-        let nodes = nodes.unwrap_or_else(|| rng.pick(&[3, 3, 3, 4, 5, 5, 6, 7]));
+        let nodes = nodes.unwrap_or_else(|| rng.pick(&[3, 3, 4, 4, 5, 5, 6, 7]));
+        // Most seeds start with every server voting; some keep spares to add later.
+        let voters = if rng.chance(0.6) {
+            nodes
+        } else {
+            rng.range(3, nodes + 1)
+        };
         let mut election_ticks = rng.pick(&[10u32, 10, 15, 20]);
         let heartbeat_ticks = rng.pick(&[1u32, 2, 3]);
         let tick_us = 10 * MS;
@@ -137,6 +165,7 @@ impl Profile {
         let election_us = u64::from(election_ticks) * tick_us;
         Profile {
             nodes,
+            voters,
             tick_us,
             election_ticks,
             heartbeat_ticks,
@@ -157,6 +186,11 @@ impl Profile {
             client_timeout_us: 3 * election_us,
             max_entries_per_append: rng.pick(&[1, 2, 8, 64]),
             max_inflight_appends: rng.pick(&[1, 4, 16]),
+            snapshot_entries: rng.pick(&[0, 10, 25, 60, 200]),
+            snapshot_keep_entries: rng.pick(&[0, 3, 20]),
+            snapshot_chunk_bytes: rng.pick(&[64, 256, 4096]),
+            snapshot_chunks_in_flight: rng.pick(&[1, 2, 4]),
+            promote_lag_entries: rng.pick(&[5, 50]),
             pre_vote: !rng.chance(0.1),
             check_quorum: !rng.chance(0.1),
         }

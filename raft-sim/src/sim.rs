@@ -10,7 +10,7 @@ use crate::net::Network;
 use crate::node::{CrashTrap, PendingRead, PendingWrite, SimNode};
 use crate::profile::{FaultKind, MS, Profile};
 use crate::rng::SimRng;
-use raft_core::{Action, Config, ProposeError, Raft, ReadError, Role};
+use raft_core::{Action, ConfChange, Config, ProposeError, Raft, ReadError, Role};
 use raft_proto::{
     Bytes, Entry, EntryPayload, LogId, Membership, Message, NodeId, ReadId, SnapshotMeta,
 };
@@ -131,6 +131,19 @@ enum Event {
         node: usize,
         inc: u64,
     },
+    SnapshotBuilt {
+        node: usize,
+        inc: u64,
+    },
+    ChunkRead {
+        node: usize,
+        inc: u64,
+        to: NodeId,
+        id: u64,
+        offset: u64,
+        data: Option<Bytes>,
+        last: bool,
+    },
     Heal,
 }
 
@@ -146,6 +159,8 @@ impl Event {
         match self {
             Event::Tick { node, .. }
             | Event::DiskDone { node, .. }
+            | Event::SnapshotBuilt { node, .. }
+            | Event::ChunkRead { node, .. }
             | Event::ClientArrive { node, .. } => Some(*node),
             Event::Deliver { to, .. } => Some(*to),
             _ => None,
@@ -198,7 +213,9 @@ struct World {
     events: BinaryHeap<Scheduled>,
     nodes: Vec<SimNode>,
     net: Network,
-    membership: Membership,
+    /// Servers that ever belonged to a configuration (ids are never reused: a removed
+    /// server is never added again).
+    ever_member: Vec<bool>,
     clients: Vec<Client>,
     history: Vec<Operation>,
     commands: Vec<ClientCommand>,
@@ -261,19 +278,29 @@ impl World {
     fn new(profile: Profile, mut rng: SimRng, verbose: bool) -> World {
         let n = profile.nodes as usize;
         let ids: Vec<NodeId> = (1..=profile.nodes).map(NodeId).collect();
-        let membership = Membership::voters(ids.iter().copied());
+        let founders = profile.voters as usize;
+        let membership = Membership::voters(ids[..founders].iter().copied());
         let snapshot = SnapshotMeta {
             last_log_id: LogId::ZERO,
-            membership: membership.clone(),
+            membership,
+            id: 0,
         };
         let nodes = ids
             .iter()
-            .map(|&id| {
+            .enumerate()
+            .map(|(i, &id)| {
                 let skew = 1.0 + (rng.unit() * 2.0 - 1.0) * profile.skew;
                 let tick_us = ((profile.tick_us as f64) * skew).max(1.0) as u64;
-                SimNode::new(id, snapshot.clone(), tick_us)
+                // Spares start empty and belong to no configuration until added.
+                let start = if i < founders {
+                    snapshot.clone()
+                } else {
+                    SnapshotMeta::default()
+                };
+                SimNode::new(id, start, tick_us)
             })
             .collect();
+        let ever_member = (0..n).map(|i| i < founders).collect();
         let net = Network::new(
             n,
             profile.delay_us,
@@ -290,7 +317,7 @@ impl World {
             events: BinaryHeap::new(),
             nodes,
             net,
-            membership,
+            ever_member,
             clients,
             history: Vec::new(),
             commands: Vec::new(),
@@ -336,8 +363,52 @@ impl World {
         }
     }
 
-    fn voters(&self) -> usize {
-        self.membership.voters.len()
+    /// The configuration to check durability against: the newest one on the most
+    /// up-to-date disk, crashed servers included, which is what any future leader's
+    /// election will use (a removed server with a stale log and an old configuration
+    /// cannot win: every voter of the newer configurations has a longer log).
+    fn current_config(&self) -> Membership {
+        self.nodes
+            .iter()
+            .max_by_key(|n| {
+                (
+                    n.disk.last_log_id(),
+                    !n.disk.latest_membership().voters.is_empty(),
+                )
+            })
+            .map(|n| n.disk.latest_membership().clone())
+            .unwrap_or_default()
+    }
+
+    fn check_acked_durable(&self) -> Check {
+        let config = self.current_config();
+        self.checkers
+            .acked_writes
+            .check_durable(&self.nodes, &config)
+            .map_err(|mut v| {
+                let holders: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let st = n
+                            .raft
+                            .as_ref()
+                            .map(|r| (r.log().committed(), r.membership().voters.clone()));
+                        format!(
+                            "{}: disk snap {:?} purged {:?}..{:?} {st:?}",
+                            n.id,
+                            n.disk.snapshot.last_log_id,
+                            n.disk.purged,
+                            n.disk.entries.last().map(|e| e.log_id)
+                        )
+                    })
+                    .collect();
+                v.detail.push_str(&format!(
+                    "; checked against voters {:?}; nodes: {holders:?}",
+                    config.voters
+                ));
+                v
+            })
     }
 
     // ------------------------------------------------------------ main loop
@@ -444,6 +515,25 @@ impl World {
                 Ok(())
             }
             Event::Restart { node } => self.restart(node),
+            Event::SnapshotBuilt { node, inc } => self.snapshot_built(node, inc),
+            Event::ChunkRead {
+                node,
+                inc,
+                to,
+                id,
+                offset,
+                data,
+                last,
+            } => {
+                if self.nodes[node].incarnation != inc {
+                    return Ok(());
+                }
+                if let Some(raft) = &mut self.nodes[node].raft {
+                    raft.snapshot_chunk_read(to, id, offset, data, last);
+                }
+                self.drive(node)?;
+                self.check_node(node)
+            }
             Event::CrashNow { node, inc } => {
                 if self.phase != Phase::Faults || self.nodes[node].incarnation != inc {
                     return Ok(());
@@ -473,6 +563,11 @@ impl World {
         c.check_quorum = self.profile.check_quorum;
         c.max_entries_per_append = self.profile.max_entries_per_append;
         c.max_inflight_appends = self.profile.max_inflight_appends;
+        c.snapshot_entries = self.profile.snapshot_entries;
+        c.snapshot_keep_entries = self.profile.snapshot_keep_entries;
+        c.snapshot_chunk_bytes = self.profile.snapshot_chunk_bytes;
+        c.max_snapshot_chunks_in_flight = self.profile.snapshot_chunks_in_flight;
+        c.promote_lag_entries = self.profile.promote_lag_entries;
         c.rng_seed = self.rng.next_u64();
         c
     }
@@ -493,7 +588,21 @@ impl World {
         let n = &mut self.nodes[node];
         self.checkers
             .log_matching
-            .restart(node, n.disk.snapshot.last_log_id, &n.disk.entries);
+            .restart(node, n.disk.purged, &n.disk.entries);
+        // The state machine comes back from the durable snapshot.
+        n.kv = if n.disk.snapshot_data.is_empty() {
+            crate::kv::KvStore::default()
+        } else {
+            match crate::kv::KvStore::decode(&n.disk.snapshot_data) {
+                Some(kv) => kv,
+                None => {
+                    return violation(
+                        "Restart",
+                        format!("node {node}'s stored snapshot is corrupt"),
+                    );
+                }
+            }
+        };
         n.applied = n.disk.snapshot.last_log_id.index;
         n.raft = Some(raft);
         let inc = n.incarnation;
@@ -520,15 +629,25 @@ impl World {
             *self.stats.faults_by_kind.entry("torn write").or_default() += 1;
         }
         let id = self.nodes[node].id;
-        self.log(|| format!("crash node {node} (torn write: {torn})"));
+        let in_flight = self.nodes[node].disk.in_flight.as_ref().map(|p| {
+            let ids = p
+                .entries
+                .first()
+                .zip(p.entries.last())
+                .map(|(a, b)| (a.log_id, b.log_id));
+            format!(
+                "hard state {:?}, truncate from {:?}, entries {ids:?}",
+                p.hard_state, p.truncate_from
+            )
+        });
+        self.log(|| {
+            format!("crash node {node} (torn write: {torn}; write in flight: {in_flight:?})")
+        });
         let mut rng = self.rng.fork();
         self.nodes[node].crash(torn.then_some(&mut rng));
         self.checkers.leader_append_only.forget(id);
         self.checkers.leader_completeness.forget(id);
-        let voters = self.voters();
-        self.checkers
-            .acked_writes
-            .check_durable(&self.nodes, voters)
+        self.check_acked_durable()
     }
 
     /// Carries out the node's actions in order; stops behind a write in flight.
@@ -539,8 +658,25 @@ impl World {
                 return Ok(());
             };
             while let Some(action) = raft.poll_action() {
-                if let Action::Persist(p) = &action {
-                    self.checkers.log_matching.persist(i, p)?;
+                // The mirrors follow the core's log as the actions leave it.
+                match &action {
+                    Action::Persist(p) => {
+                        self.checkers.log_matching.persist(i, p)?;
+                        self.checkers.membership.persist(raft, p)?;
+                    }
+                    Action::PurgeLog { up_to } => self.checkers.log_matching.purge(i, *up_to),
+                    Action::InstallSnapshot { meta, discard_log } => {
+                        self.checkers
+                            .log_matching
+                            .install(i, meta.last_log_id, *discard_log)?;
+                    }
+                    Action::Send {
+                        message: Message::VoteResponse(v),
+                        ..
+                    } if v.granted && !v.pre_vote => {
+                        self.checkers.membership.vote_granted(raft)?;
+                    }
+                    _ => {}
                 }
                 node.queue.push_back(action);
             }
@@ -583,8 +719,153 @@ impl World {
                         self.reply(r.client, r.seq, r.attempt, Reply::NotLeader(nl.leader_hint));
                     }
                 }
+                Action::BuildSnapshot { meta } => self.build_snapshot(i, meta)?,
+                Action::PurgeLog { up_to } => self.nodes[i].disk.purge(up_to),
+                Action::ReadSnapshotChunk {
+                    to,
+                    meta,
+                    offset,
+                    len,
+                } => {
+                    let disk = &self.nodes[i].disk;
+                    let (data, last) = if disk.snapshot.id == meta.id {
+                        let bytes = disk.snapshot_data.as_slice();
+                        let start = usize::try_from(offset)
+                            .unwrap_or(usize::MAX)
+                            .min(bytes.len());
+                        let end = start.saturating_add(len).min(bytes.len());
+                        (Some(Bytes::from(&bytes[start..end])), end == bytes.len())
+                    } else {
+                        (None, false)
+                    };
+                    let inc = self.nodes[i].incarnation;
+                    let latency = self.profile.disk_us.0;
+                    self.schedule(
+                        latency,
+                        Event::ChunkRead {
+                            node: i,
+                            inc,
+                            to,
+                            id: meta.id,
+                            offset,
+                            data,
+                            last,
+                        },
+                    );
+                }
+                Action::WriteSnapshotChunk { meta, offset, data } => {
+                    let node = &mut self.nodes[i];
+                    if offset == 0 {
+                        node.incoming = Some((meta.id, Vec::new()));
+                    }
+                    match &mut node.incoming {
+                        Some((id, buf)) if *id == meta.id && buf.len() as u64 == offset => {
+                            buf.extend_from_slice(&data);
+                        }
+                        other => {
+                            let have = other.as_ref().map(|(id, buf)| (*id, buf.len()));
+                            return violation(
+                                "Snapshot transfer",
+                                format!(
+                                    "node {i} is told to store snapshot {} at {offset} but holds {have:?}",
+                                    meta.id
+                                ),
+                            );
+                        }
+                    }
+                }
+                Action::InstallSnapshot { meta, discard_log } => {
+                    self.install_snapshot(i, meta, discard_log)?
+                }
             }
         }
+    }
+
+    /// Snapshots the store as of this point in the action order; it becomes durable
+    /// after a disk write.
+    fn build_snapshot(&mut self, i: usize, mut meta: SnapshotMeta) -> Check {
+        let index = meta.last_log_id.index;
+        let node = &mut self.nodes[i];
+        if node.applied != index {
+            return violation(
+                "Snapshot point",
+                format!(
+                    "node {i} is asked for a snapshot at {index:?} with {:?} applied",
+                    node.applied
+                ),
+            );
+        }
+        node.snapshots_built += 1;
+        meta.id = ((i as u64 + 1) << 40) | node.snapshots_built;
+        let data = Bytes::from(node.kv.encode());
+        self.checkers.snapshot_states.built(i, index, &data)?;
+        node.building = Some((meta, data));
+        let inc = node.incarnation;
+        let latency = self
+            .rng
+            .range(self.profile.disk_us.0, self.profile.disk_us.1);
+        self.schedule(latency, Event::SnapshotBuilt { node: i, inc });
+        Ok(())
+    }
+
+    fn snapshot_built(&mut self, i: usize, inc: u64) -> Check {
+        let node = &mut self.nodes[i];
+        if node.incarnation != inc {
+            return Ok(());
+        }
+        let Some((meta, data)) = node.building.take() else {
+            return Ok(());
+        };
+        node.disk.snapshot = meta.clone();
+        node.disk.snapshot_data = data;
+        if let Some(raft) = &mut node.raft {
+            raft.snapshot_built(Some(meta));
+        }
+        *self
+            .stats
+            .faults_by_kind
+            .entry("snapshot built")
+            .or_default() += 1;
+        self.drive(i)?;
+        self.check_node(i)
+    }
+
+    fn install_snapshot(&mut self, i: usize, meta: SnapshotMeta, discard_log: bool) -> Check {
+        let index = meta.last_log_id.index;
+        let node = &mut self.nodes[i];
+        let data = match node.incoming.take() {
+            Some((id, data)) if id == meta.id => data,
+            other => {
+                return violation(
+                    "Snapshot transfer",
+                    format!(
+                        "node {i} installs snapshot {} but received {:?}",
+                        meta.id,
+                        other.map(|(id, d)| (id, d.len()))
+                    ),
+                );
+            }
+        };
+        let Some(kv) = crate::kv::KvStore::decode(&data) else {
+            return violation(
+                "Snapshot transfer",
+                format!("node {i} received a corrupt snapshot {}", meta.id),
+            );
+        };
+        self.checkers.snapshot_states.installed(i, index, &data)?;
+        *self
+            .stats
+            .faults_by_kind
+            .entry("snapshot installed")
+            .or_default() += 1;
+        let node = &mut self.nodes[i];
+        node.kv = kv;
+        node.applied = index;
+        // Writes proposed here that the snapshot covers will never be applied here; their
+        // clients time out (the outcome is unknown to them: the snapshot may hold them).
+        node.writes.retain(|&at, _| at > index);
+        node.disk.install(meta, Bytes::from(data), discard_log);
+        Ok(())
     }
 
     fn send(&mut self, from: usize, to: NodeId, msg: Message) {
@@ -623,10 +904,7 @@ impl World {
             raft.persisted(last.log_id);
         }
         if p.truncate_from.is_some() {
-            let voters = self.voters();
-            self.checkers
-                .acked_writes
-                .check_durable(&self.nodes, voters)?;
+            self.check_acked_durable()?;
         }
         self.drive(node)?;
         self.check_node(node)
@@ -699,10 +977,7 @@ impl World {
             return Ok(());
         };
         let before = self.checkers.monotonic.observe(i, raft)?;
-        let voters = self.membership.voters.len();
-        self.checkers
-            .committed
-            .observe(raft, before, &self.nodes, voters)
+        self.checkers.committed.observe(raft, before, &self.nodes)
     }
 
     /// Every per-node checker, after an event on node `i`.
@@ -1130,6 +1405,17 @@ impl World {
                 }
             }
             FaultKind::LeaderChurn => self.churn_armed = true,
+            FaultKind::Membership => self.membership_change()?,
+            FaultKind::Snapshot => {
+                let node = self.rng.range(0, n as u64) as usize;
+                if let Some(raft) = &mut self.nodes[node].raft {
+                    if raft.trigger_snapshot() {
+                        self.log(|| format!("snapshot asked of node {node}"));
+                    }
+                }
+                self.drive(node)?;
+                self.check_node(node)?;
+            }
             FaultKind::Pause => {
                 let node = match self.current_leader() {
                     Some(l) if self.rng.chance(0.5) => l,
@@ -1260,25 +1546,87 @@ impl World {
         let Some(leader) = self.stable_leader() else {
             return false;
         };
-        let commit = leader.log().committed();
-        self.nodes.iter().all(|n| {
+        let (commit, config) = (leader.log().committed(), leader.membership());
+        self.members(config).all(|n| {
             n.raft
                 .as_ref()
                 .is_some_and(|r| r.log().committed() == commit && r.log().applied() == commit)
         })
     }
 
-    /// The leader, when every node runs, shares its term and follows it.
+    /// The leader, when every member of its configuration runs, shares its term and
+    /// follows it. (Removed servers and spares never added hear from no one.)
     fn stable_leader(&self) -> Option<&Raft> {
         let l = self.current_leader()?;
         let leader = self.nodes[l].raft.as_ref()?;
         let term = leader.term();
-        let all_follow = self.nodes.iter().all(|n| {
+        let all_follow = self.members(leader.membership()).all(|n| {
             n.raft
                 .as_ref()
                 .is_some_and(|r| r.term() == term && r.status().leader == Some(leader.id()))
         });
         all_follow.then_some(leader)
+    }
+
+    fn members<'a>(&'a self, config: &'a Membership) -> impl Iterator<Item = &'a SimNode> + 'a {
+        self.nodes.iter().filter(move |n| config.contains(n.id))
+    }
+
+    /// Asks the leader for a random membership change; refusals (a change in
+    /// progress, a learner still behind, ...) are part of the test.
+    fn membership_change(&mut self) -> Check {
+        let Some(l) = self.current_leader() else {
+            return Ok(());
+        };
+        let Some(raft) = &self.nodes[l].raft else {
+            return Ok(());
+        };
+        let config = raft.membership().clone();
+        let spares: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&i| !self.ever_member[i])
+            .map(|i| self.nodes[i].id)
+            .collect();
+        let learners: Vec<NodeId> = config.learners.iter().copied().collect();
+        let removable: Vec<NodeId> = config
+            .members()
+            .filter(|m| !config.is_voter(*m) || config.voters.len() > 2)
+            .collect();
+        let mut options = Vec::new();
+        if let Some(&s) = spares.first() {
+            options.push(ConfChange::AddLearner(s));
+        }
+        for &id in &learners {
+            options.push(ConfChange::Promote(id));
+        }
+        if !removable.is_empty() {
+            options.push(ConfChange::Remove(self.rng.pick(&removable)));
+        }
+        if options.is_empty() {
+            return Ok(());
+        }
+        let change = self.rng.pick(&options);
+        let result = self.nodes[l]
+            .raft
+            .as_mut()
+            .map(|r| r.change_membership(change));
+        self.log(|| format!("membership change {change:?} at node {l}: {result:?}"));
+        if let Some(Ok(_)) = result {
+            let leader = self.nodes[l].id;
+            let what = match change {
+                ConfChange::AddLearner(_) => "add learner",
+                ConfChange::Promote(_) => "promote learner",
+                ConfChange::Remove(id) if id == leader => "remove the leader",
+                ConfChange::Remove(_) => "remove a node",
+            };
+            *self.stats.faults_by_kind.entry(what).or_default() += 1;
+            if let ConfChange::AddLearner(id) = change {
+                if let Some(i) = self.index_of(id) {
+                    self.ever_member[i] = true;
+                }
+            }
+        }
+        self.drive(l)?;
+        self.check_node(l)
     }
 
     fn liveness_report(&self, since: u64) -> String {
@@ -1323,7 +1671,13 @@ impl World {
     }
 
     fn finish(&mut self) -> Check {
-        self.checkers.acked_writes.check_everywhere(&self.nodes)?;
+        let config = self
+            .stable_leader()
+            .map(|l| l.membership().clone())
+            .unwrap_or_default();
+        self.checkers
+            .acked_writes
+            .check_everywhere(&self.nodes, &config)?;
         let history = self.checked_history();
         match linearizability::check(&history, self.lin_budget) {
             CheckResult::Linearizable => Ok(()),

@@ -4,7 +4,7 @@
 
 use super::{Check, CommittedLog, violation};
 use crate::node::SimNode;
-use raft_proto::LogId;
+use raft_proto::{LogId, Membership};
 
 /// The entries of acknowledged writes.
 #[derive(Debug, Default)]
@@ -29,15 +29,24 @@ impl AckedWrites {
     }
 
     /// After anything that can shrink a disk (crash, truncation): every acknowledged
-    /// write is still durable on a majority of voters.
-    pub fn check_durable(&self, nodes: &[SimNode], voters: usize) -> Check {
+    /// write is still durable on enough voters of `config` that every quorum of it
+    /// includes a holder (so any future leader has it).
+    pub fn check_durable(&self, nodes: &[SimNode], config: &Membership) -> Check {
+        let voters = config.voters.len();
+        if voters == 0 {
+            return Ok(());
+        }
+        let needed = voters + 1 - config.quorum();
         for &id in &self.acked {
-            let holders = nodes.iter().filter(|n| n.disk.holds(id)).count();
-            if holders * 2 <= voters {
+            let holders = nodes
+                .iter()
+                .filter(|n| config.is_voter(n.id) && n.disk.holds(id))
+                .count();
+            if holders < needed {
                 return violation(
                     "No acknowledged write lost",
                     format!(
-                        "acknowledged write {id:?} is durable on only {holders} of {voters} voters"
+                        "acknowledged write {id:?} is durable on only {holders} of {voters} voters (every quorum needs one)"
                     ),
                 );
             }
@@ -45,9 +54,9 @@ impl AckedWrites {
         Ok(())
     }
 
-    /// After healing: every running node holds every acknowledged write.
-    pub fn check_everywhere(&self, nodes: &[SimNode]) -> Check {
-        for n in nodes {
+    /// After healing: every running member of `config` holds every acknowledged write.
+    pub fn check_everywhere(&self, nodes: &[SimNode], config: &Membership) -> Check {
+        for n in nodes.iter().filter(|n| config.contains(n.id)) {
             let Some(raft) = &n.raft else { continue };
             for &id in &self.acked {
                 let log = raft.log();

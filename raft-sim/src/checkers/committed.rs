@@ -34,13 +34,7 @@ impl CommittedLog {
     }
 
     /// Records what `raft` now considers committed, from `from` (exclusive) on.
-    pub fn observe(
-        &mut self,
-        raft: &Raft,
-        from: LogIndex,
-        nodes: &[SimNode],
-        voters: usize,
-    ) -> Check {
+    pub fn observe(&mut self, raft: &Raft, from: LogIndex, nodes: &[SimNode]) -> Check {
         let log = raft.log();
         let to = log.committed();
         let mut i = from.next().max(log.first_index());
@@ -72,13 +66,20 @@ impl CommittedLog {
                             self.ids.push((LogId::new(t, LogIndex(j)), raft.term()));
                         }
                     }
-                    let durable = nodes.iter().filter(|n| n.disk.holds(id)).count();
-                    if durable * 2 <= voters {
+                    // Commitment means a quorum of the committing node's configuration
+                    // stores the entry durably.
+                    let config = raft.membership();
+                    let durable = nodes
+                        .iter()
+                        .filter(|n| config.is_voter(n.id) && n.disk.holds(id))
+                        .count();
+                    if durable < config.quorum() {
                         return violation(
                             "Durable commit",
                             format!(
-                                "node {} commits {id:?} while only {durable} of {voters} voters hold it durably",
-                                raft.id()
+                                "node {} commits {id:?} while only {durable} of its {} voters hold it durably",
+                                raft.id(),
+                                config.voters.len()
                             ),
                         );
                     }

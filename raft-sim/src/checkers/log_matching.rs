@@ -65,6 +65,35 @@ impl LogMatching {
         Ok(())
     }
 
+    /// `node` purged its log up to `up_to`.
+    pub fn purge(&mut self, node: usize, up_to: LogId) {
+        let (base, ids) = &mut self.mirrors[node];
+        let drop = up_to.index.distance_from(base.index) as usize;
+        ids.drain(..drop.min(ids.len()));
+        *base = up_to;
+    }
+
+    /// `node` installed a snapshot ending at `last`, keeping the entries after it
+    /// unless `discard`.
+    pub fn install(&mut self, node: usize, last: LogId, discard: bool) -> Check {
+        if !discard {
+            let (base, ids) = &self.mirrors[node];
+            let held = ids.get(last.index.distance_from(base.index).wrapping_sub(1) as usize);
+            if held != Some(&last) && *base != last {
+                return violation(
+                    "Log Matching",
+                    format!(
+                        "node {node} keeps its log after a snapshot ending at {last:?} that its log does not hold"
+                    ),
+                );
+            }
+            self.purge(node, last);
+        } else {
+            self.mirrors[node] = (last, Vec::new());
+        }
+        Ok(())
+    }
+
     /// Compares the mirror of `node` with its core's log.
     pub fn verify(&self, node: usize, raft: &Raft) -> Check {
         let (base, ids) = &self.mirrors[node];

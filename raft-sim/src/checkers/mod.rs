@@ -8,7 +8,9 @@ mod election_safety;
 mod leader_append_only;
 mod leader_completeness;
 mod log_matching;
+mod membership;
 mod monotonic;
+mod snapshot_state;
 mod state_machine_safety;
 
 pub use acked_writes::AckedWrites;
@@ -17,7 +19,9 @@ pub use election_safety::ElectionSafety;
 pub use leader_append_only::LeaderAppendOnly;
 pub use leader_completeness::LeaderCompleteness;
 pub use log_matching::LogMatching;
+pub use membership::MembershipSafety;
 pub use monotonic::Monotonic;
+pub use snapshot_state::SnapshotStates;
 pub use state_machine_safety::StateMachineSafety;
 
 use core::fmt;
@@ -63,4 +67,8 @@ pub struct Checkers {
     pub monotonic: Monotonic,
     /// Acknowledged writes stay committed and durable.
     pub acked_writes: AckedWrites,
+    /// Snapshots hold the state of the log prefix they replace.
+    pub snapshot_states: SnapshotStates,
+    /// One configuration change at a time; learners never vote.
+    pub membership: MembershipSafety,
 }
