@@ -99,7 +99,6 @@ impl Raft {
     /// Returns whether the peer is (now) receiving a snapshot.
     pub(crate) fn needs_snapshot(&mut self, peer: NodeId) -> bool {
         let purged = self.log.purged().index;
-        let meta = self.log.snapshot().clone();
         let RoleState::Leader(l) = &mut self.role else {
             return false;
         };
@@ -112,6 +111,7 @@ impl Raft {
         if pr.next_index > purged {
             return false;
         }
+        let meta = self.log.snapshot().clone();
         tracing::debug!(node = %self.id, %peer, snapshot = ?meta.last_log_id, "follower needs a snapshot");
         pr.become_snapshot(meta);
         true
@@ -187,11 +187,14 @@ impl Raft {
             pr.become_probe();
             return;
         };
-        if t.size
-            .is_some_and(|size| offset >= size && !(offset == 0 && size == 0))
-            || offset >= t.next
-        {
-            return; // beyond the end, or from before a rewind
+        // Reads requested past the end before the size was known come back empty: the
+        // last real chunk carries `done` already (an empty snapshot is one empty chunk
+        // at offset 0).
+        let past_end = t
+            .size
+            .is_some_and(|size| offset > size || (offset == size && size > 0));
+        if past_end || offset >= t.next {
+            return; // past the end, or requested before a rewind
         }
         if last {
             t.size = Some(offset + data.len() as u64);
