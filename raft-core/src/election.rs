@@ -167,8 +167,13 @@ impl Raft {
         let can_vote = hs.voted_for == Some(from)
             || (hs.voted_for.is_none() && self.leader.is_none())
             || (m.pre_vote && m.term > hs.term);
-        // A learner never votes (dissertation §4.2.1); neither does a removed node.
-        let granted = can_vote && self.is_voter() && self.log.is_up_to_date(m.last_log_id);
+        // Dissertation §4.1: "servers process incoming RPC requests without consulting
+        // their current configurations". A server whose newest (perhaps uncommitted)
+        // configuration leaves it out must still vote: the candidate's configuration
+        // may count it, and only a new leader can truncate the stale entry. A
+        // learner's vote is simply not counted: candidates tally voters of their own
+        // configuration only.
+        let granted = can_vote && self.log.is_up_to_date(m.last_log_id);
         if granted && !m.pre_vote {
             self.hard_state.voted_for = Some(from);
             self.reset_election_timer();

@@ -53,18 +53,23 @@ fn dissertation_4_2_1_a_learner_gets_the_log_but_never_votes_nor_counts() {
         c.raft(n(1)).log().committed() < id.index,
         "but it does not count"
     );
-    // Never votes: a vote request gets a refusal, and it never campaigns itself.
-    c.raft_mut(n(4)).step(
-        n(2),
-        Message::VoteRequest(VoteRequest {
-            term: Term(50),
-            last_log_id: LogId::new(Term(50), LogIndex(50)),
-            pre_vote: false,
-            transfer: true,
-        }),
+    // Its vote is never counted: node 2, isolated with only the learner, cannot win
+    // whatever the learner answers, and the learner never campaigns itself.
+    c.heal();
+    c.isolate(n(1));
+    c.isolate(n(3));
+    c.cut(n(4), n(1));
+    c.blocked.remove(&(n(2), n(4)));
+    c.blocked.remove(&(n(4), n(2)));
+    for _ in 0..100 {
+        c.tick(n(2));
+        c.tick(n(4));
+    }
+    assert_ne!(
+        c.role(n(2)),
+        Role::Leader,
+        "a learner's vote made a majority"
     );
-    let answer = sends(&drain(c.raft_mut(n(4))));
-    assert!(matches!(&answer[0].1, Message::VoteResponse(r) if !r.granted));
     c.isolate(n(4));
     for _ in 0..100 {
         c.tick(n(4));
@@ -353,4 +358,54 @@ fn dissertation_4_2_1_a_new_node_catches_up_by_snapshot_then_leads() {
     c.ticks(3);
     assert_eq!(c.leader(), Some(n(4)));
     assert!(c.raft(n(4)).membership().is_voter(n(4)));
+}
+
+#[test]
+fn dissertation_4_1_servers_vote_without_consulting_their_own_configuration() {
+    // §4.1: "servers process incoming RPC requests without consulting their current
+    // configurations." Node 2 holds an uncommitted entry removing itself; a candidate
+    // whose configuration still counts node 2 needs its vote, and only a new leader
+    // can truncate that entry, so refusing would deadlock the cluster (found by
+    // raft-sim, seed 8054).
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let term = c.term(n(1));
+    let last = c.raft(n(1)).log().last_log_id();
+    let without_2 = Membership::voters([n(1), n(3)]);
+    c.raft_mut(n(2)).step(
+        n(1),
+        Message::AppendEntries(AppendEntries {
+            term,
+            prev_log_id: last,
+            entries: vec![Entry {
+                log_id: LogId::new(term, last.index.next()),
+                payload: EntryPayload::Membership(without_2),
+            }],
+            leader_commit: last.index,
+            round: 0,
+        }),
+    );
+    drain(c.raft_mut(n(2)));
+    assert!(!c.raft(n(2)).membership().is_voter(n(2)));
+    // The leader is gone: node 2's lease on it runs out (not a voter, it never
+    // campaigns itself).
+    for _ in 0..30 {
+        c.raft_mut(n(2)).tick();
+    }
+    assert!(drain(c.raft_mut(n(2))).is_empty());
+    // Node 3 campaigns in a later term with a log that ends where node 2's does.
+    c.raft_mut(n(2)).step(
+        n(3),
+        Message::VoteRequest(VoteRequest {
+            term: term.next(),
+            last_log_id: LogId::new(term, last.index.next()),
+            pre_vote: false,
+            transfer: false,
+        }),
+    );
+    let answer = sends(&drain(c.raft_mut(n(2))));
+    assert!(
+        matches!(&answer[0].1, Message::VoteResponse(r) if r.granted),
+        "{answer:?}"
+    );
 }

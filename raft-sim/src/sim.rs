@@ -564,6 +564,7 @@ impl World {
         c.max_entries_per_append = self.profile.max_entries_per_append;
         c.max_inflight_appends = self.profile.max_inflight_appends;
         c.snapshot_entries = self.profile.snapshot_entries;
+        c.snapshot_bytes = self.profile.snapshot_bytes;
         c.snapshot_keep_entries = self.profile.snapshot_keep_entries;
         c.snapshot_chunk_bytes = self.profile.snapshot_chunk_bytes;
         c.max_snapshot_chunks_in_flight = self.profile.snapshot_chunks_in_flight;
@@ -669,12 +670,6 @@ impl World {
                         self.checkers
                             .log_matching
                             .install(i, meta.last_log_id, *discard_log)?;
-                    }
-                    Action::Send {
-                        message: Message::VoteResponse(v),
-                        ..
-                    } if v.granted && !v.pre_vote => {
-                        self.checkers.membership.vote_granted(raft)?;
                     }
                     _ => {}
                 }

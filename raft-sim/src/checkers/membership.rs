@@ -1,6 +1,7 @@
-//! Membership change rules (dissertation §4.1, §4.2.1): a leader appends a new
-//! configuration only when the previous one is committed, and a server that is not a
-//! voter in its own configuration never grants a vote.
+//! Membership change rules (dissertation §4.1): a leader appends a new configuration
+//! only when the previous one is committed. (Whether a learner's vote counts is the
+//! candidate's business: it tallies voters of its own configuration only, which
+//! Election Safety and the durable-commit check cover.)
 
 use super::{Check, violation};
 use raft_core::{Persist, Raft, Role};
@@ -39,21 +40,6 @@ impl MembershipSafety {
                 }
             }
             self.last_config.insert(key, (raft.term(), e.log_id.index));
-        }
-        Ok(())
-    }
-
-    /// `raft` granted a vote.
-    pub fn vote_granted(&self, raft: &Raft) -> Check {
-        if !raft.membership().is_voter(raft.id()) {
-            return violation(
-                "Learners never vote",
-                format!(
-                    "node {}, not a voter in {:?}, granted a vote",
-                    raft.id(),
-                    raft.membership()
-                ),
-            );
         }
         Ok(())
     }

@@ -69,6 +69,6 @@ pub struct Checkers {
     pub acked_writes: AckedWrites,
     /// Snapshots hold the state of the log prefix they replace.
     pub snapshot_states: SnapshotStates,
-    /// One configuration change at a time; learners never vote.
+    /// One configuration change at a time.
     pub membership: MembershipSafety,
 }
