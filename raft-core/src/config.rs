@@ -32,6 +32,9 @@ pub struct Config {
     /// Ask the state machine for a snapshot once this many entries were applied since
     /// the last one (0: never on its own; [`Raft::trigger_snapshot`](crate::Raft::trigger_snapshot) still works).
     pub snapshot_entries: u64,
+    /// ... or once this many payload bytes were applied since the last one (0: no
+    /// size trigger).
+    pub snapshot_bytes: u64,
     /// Entries the snapshot covers that stay in the log after compaction, so a
     /// slightly slow follower still catches up from the log instead of a snapshot.
     pub snapshot_keep_entries: u64,
@@ -62,6 +65,7 @@ impl Config {
             max_inflight_appends: 64,
             max_inflight_bytes: 32 << 20,
             snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
             snapshot_keep_entries: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_chunks_in_flight: 4,

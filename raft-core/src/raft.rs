@@ -199,6 +199,8 @@ pub struct Raft {
     pub(crate) ready_reads: Vec<(LogIndex, ReadId)>,
     /// The index of the snapshot the state machine is building, if any.
     pub(crate) snapshot_building: Option<LogIndex>,
+    /// Payload bytes handed out for applying since the last snapshot was asked for.
+    pub(crate) bytes_since_snapshot: u64,
     /// A snapshot being received from the leader.
     pub(crate) incoming: Option<Incoming>,
     actions: VecDeque<Action>,
@@ -280,6 +282,7 @@ impl Raft {
             randomized_timeout: 0,
             ready_reads: Vec::new(),
             snapshot_building: None,
+            bytes_since_snapshot: 0,
             incoming: None,
             actions: VecDeque::new(),
         };
@@ -463,6 +466,7 @@ impl Raft {
             self.flush_leader();
         }
         let entries = self.log.take_committed_unapplied(usize::MAX);
+        self.bytes_since_snapshot += entries.iter().map(|e| e.payload_len() as u64).sum::<u64>();
         if !entries.is_empty() {
             self.actions.push_back(Action::Apply(entries));
         }

@@ -41,12 +41,12 @@ impl Raft {
 
     /// Asks for a snapshot once enough entries were applied since the last one.
     pub(crate) fn maybe_request_snapshot(&mut self) {
-        let every = self.config.snapshot_entries;
+        let (every, bytes) = (self.config.snapshot_entries, self.config.snapshot_bytes);
         let since = self
             .log
             .applied()
             .distance_from(self.log.snapshot().last_log_id.index);
-        if every > 0 && since >= every {
+        if (every > 0 && since >= every) || (bytes > 0 && self.bytes_since_snapshot >= bytes) {
             self.request_snapshot();
         }
     }
@@ -68,6 +68,7 @@ impl Raft {
             id: 0,
         };
         self.snapshot_building = Some(upto);
+        self.bytes_since_snapshot = 0;
         tracing::debug!(node = %self.id, up_to = ?meta.last_log_id, "asking the state machine for a snapshot");
         self.push_action(Action::BuildSnapshot { meta });
         true
@@ -239,6 +240,12 @@ impl Raft {
                     t.next = t.next.max(next_offset);
                     t.stuck_answers = 0;
                     t.idle_heartbeats = 0;
+                } else if next_offset < t.acked {
+                    // The follower lost what it had (it restarted): its offset is the
+                    // truth, start again from there.
+                    tracing::debug!(node = %self.id, %from, next_offset, "follower lost part of the snapshot; resending");
+                    t.acked = next_offset;
+                    t.rewind();
                 } else {
                     t.stuck_answers += 1;
                     // A later chunk arrived while this one is missing: resend from the

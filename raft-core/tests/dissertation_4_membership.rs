@@ -5,8 +5,7 @@ mod support;
 
 use raft_core::{ConfChange, Config, MembershipError, NotLeader, Role};
 use raft_proto::{
-    AppendEntries, Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, Term,
-    VoteRequest,
+    AppendEntries, Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, VoteRequest,
 };
 use support::{Cluster, drain, n, sends};
 

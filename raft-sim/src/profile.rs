@@ -59,6 +59,8 @@ pub struct Profile {
     pub max_inflight_appends: usize,
     /// Snapshot every this many applied entries (0: only when the nemesis asks).
     pub snapshot_entries: u64,
+    /// ... or every this many applied payload bytes (0: no size trigger).
+    pub snapshot_bytes: u64,
     /// Entries kept behind a snapshot.
     pub snapshot_keep_entries: u64,
     /// Bytes per snapshot chunk.
@@ -187,6 +189,7 @@ impl Profile {
             max_entries_per_append: rng.pick(&[1, 2, 8, 64]),
             max_inflight_appends: rng.pick(&[1, 4, 16]),
             snapshot_entries: rng.pick(&[0, 10, 25, 60, 200]),
+            snapshot_bytes: rng.pick(&[0, 0, 400, 2_000]),
             snapshot_keep_entries: rng.pick(&[0, 3, 20]),
             snapshot_chunk_bytes: rng.pick(&[64, 256, 4096]),
             snapshot_chunks_in_flight: rng.pick(&[1, 2, 4]),
