@@ -134,8 +134,8 @@ impl Profile {
     /// Draws a profile for `seed`; `nodes` overrides the number of servers.
     pub fn draw(rng: &mut SimRng, nodes: Option<u64>) -> Profile {
         let nodes = nodes.unwrap_or_else(|| rng.pick(&[3, 3, 4, 4, 5, 5, 6, 7]));
-        // Most seeds start with every server voting; some keep spares to add later.
-        let voters = if rng.chance(0.6) {
+        // Some seeds start with every server voting; most keep spares to add later.
+        let voters = if rng.chance(0.4) {
             nodes
         } else {
             rng.range(3, nodes + 1)

@@ -1599,7 +1599,14 @@ impl World {
         if options.is_empty() {
             return Ok(());
         }
-        let change = self.rng.pick(&options);
+        // Operators promote the learners they add: prefer that when there is one.
+        let change = if !learners.is_empty() && self.rng.chance(0.6) {
+            ConfChange::Promote(self.rng.pick(&learners))
+        } else if !spares.is_empty() && self.rng.chance(0.5) {
+            ConfChange::AddLearner(spares[0])
+        } else {
+            self.rng.pick(&options)
+        };
         let result = self.nodes[l]
             .raft
             .as_mut()
