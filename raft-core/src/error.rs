@@ -24,6 +24,19 @@ pub enum ProposeError {
         /// The transfer's target.
         to: NodeId,
     },
+    /// A new leader overwrote the entry before it committed: the command did not take
+    /// effect. Retry at the hint.
+    #[error("the command was dropped by a leader change and did not take effect ({0})")]
+    Dropped(NotLeader),
+    /// A snapshot replaced this node's log before it learned the entry's fate: the
+    /// command may or may not have taken effect (retry with the same session id).
+    #[error("the command's outcome is unknown: a snapshot replaced the log")]
+    Indeterminate,
+    /// The node stopped (shut down, or a storage failure) before the command was done.
+    /// The command may still take effect (its entry may already be on other nodes):
+    /// its outcome is unknown.
+    #[error("the node has stopped; the command's outcome is unknown")]
+    Stopped,
 }
 
 /// Why [`Raft::read_index`](crate::Raft::read_index) could not start a read, or why a
@@ -34,6 +47,9 @@ pub enum ReadError {
     /// No leader is known, or leadership was lost before the read was confirmed.
     #[error(transparent)]
     NotLeader(#[from] NotLeader),
+    /// The node stopped before the read was confirmed.
+    #[error("the node has stopped")]
+    Stopped,
 }
 
 /// Why [`Raft::transfer_leader`](crate::Raft::transfer_leader) was refused.
@@ -46,6 +62,9 @@ pub enum TransferError {
     /// The target is not a voter of the current configuration.
     #[error("node {0} is not a voter; only voters can lead")]
     NotAVoter(NodeId),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
 }
 
 /// Why [`Raft::new`](crate::Raft::new) refused the restored state.

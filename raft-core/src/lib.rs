@@ -1,4 +1,26 @@
-//! The Raft consensus algorithm as a deterministic, sans-IO state machine.
+//! The Raft consensus algorithm as a deterministic, sans-IO state machine, and an async
+//! [`Node`](node::Node) that drives it over storage, state-machine and transport traits
+//! on any runtime.
+//!
+//! # The async node
+//!
+//! ```no_run
+//! # async fn demo(env: raft_core::node::Environment) -> Result<(), Box<dyn std::error::Error>> {
+//! use raft_core::node::{Node, NodeOptions};
+//! use raft_core::Config;
+//! use raft_proto::{Membership, NodeId};
+//!
+//! // `env`: your LogStore, StateMachine, Transport (+ its incoming stream) and Runtime;
+//! // `raft_core::testing` has in-memory ones (see examples/cluster.rs).
+//! let members = Membership::voters([NodeId(1), NodeId(2), NodeId(3)]);
+//! let node = Node::start(Config::new(NodeId(1)), NodeOptions::new(members), env).await?;
+//! let response = node.propose("put x 1".into()).await?; // committed and applied
+//! node.read().await?; // linearizable: the state machine is now up to date
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The sans-IO core
 //!
 //! [`Raft`] holds one node's state. It never reads a clock, never does I/O and never
 //! spawns: time comes in as [`Raft::tick`], messages as [`Raft::step`], client work as
@@ -60,12 +82,16 @@ mod election;
 mod error;
 mod log;
 mod membership;
+pub mod node;
 mod progress;
 mod raft;
 mod read;
 mod replication;
 mod rng;
+pub mod rt;
 mod snapshot;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod transfer;
 
 pub use action::{Action, Persist};

@@ -75,6 +75,17 @@ pub enum MembershipError {
     /// The change would leave no voter.
     #[error("removing node {0} would leave the cluster without voters")]
     LastVoter(NodeId),
+    /// A new leader overwrote the configuration entry before it committed: the change
+    /// did not happen.
+    #[error("the change was dropped by a leader change and did not happen")]
+    Dropped,
+    /// A snapshot replaced this node's log before it learned whether the change
+    /// committed; check the membership.
+    #[error("the change's outcome is unknown here: a snapshot replaced the log")]
+    Indeterminate,
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
 }
 
 impl Raft {

@@ -1,0 +1,465 @@
+//! The driver task: feeds inputs to the `Raft` and carries out its actions in order.
+
+use super::apply::{self, Job, Waiter};
+use super::watch::Publisher;
+use super::{ChangeReply, Command, Environment, Metrics, NodeState, ProposeReply};
+use crate::action::Action;
+use crate::error::{NotLeader, ProposeError, ReadError};
+use crate::membership::MembershipError;
+use crate::raft::{Raft, Role};
+use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use raft_proto::{Bytes, EntryPayload, LogId, LogIndex, Message, NodeId, ReadId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Inputs from the node's own background tasks.
+pub(crate) enum Event {
+    /// The apply task applied everything up to this index.
+    Applied(LogIndex),
+    /// A snapshot build finished (`None`: it failed).
+    SnapshotBuilt(Option<raft_proto::SnapshotMeta>),
+    /// A snapshot chunk was read for a follower.
+    ChunkRead {
+        to: NodeId,
+        id: u64,
+        offset: u64,
+        data: Option<Bytes>,
+        last: bool,
+    },
+    /// A background task hit a storage error: the node must stop.
+    Fatal(String),
+}
+
+/// Inputs taken per source per wake-up, so no source starves the others.
+const BATCH: usize = 4096;
+
+pub(crate) fn spawn(
+    raft: Raft,
+    tick: Duration,
+    env: Environment,
+    commands: mpsc::UnboundedReceiver<Command>,
+    metrics: Publisher<Metrics>,
+) {
+    let (events_tx, events) = mpsc::unbounded();
+    let apply_tx = apply::spawn(
+        env.state_machine.clone(),
+        env.runtime.clone(),
+        events_tx.clone(),
+    );
+    let next_tick = env.runtime.now() + tick;
+    let runtime = env.runtime.clone();
+    let driver = Driver {
+        raft,
+        env_log: env.log,
+        state_machine: env.state_machine,
+        transport: env.transport,
+        runtime: env.runtime,
+        commands,
+        incoming: Some(env.incoming),
+        events,
+        events_tx,
+        apply_tx,
+        tick,
+        next_tick,
+        timer: None,
+        proposals: BTreeMap::new(),
+        changes: BTreeMap::new(),
+        reads: HashMap::new(),
+        next_read: 0,
+        metrics,
+        shutdown: None,
+        fatal: None,
+    };
+    runtime.spawn(driver.run().boxed());
+}
+
+pub(crate) struct Driver {
+    raft: Raft,
+    env_log: Arc<dyn super::LogStore>,
+    state_machine: Arc<dyn super::StateMachine>,
+    transport: Arc<dyn super::Transport>,
+    runtime: Arc<dyn super::Runtime>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    incoming: Option<BoxStream<'static, (NodeId, Message)>>,
+    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    apply_tx: mpsc::UnboundedSender<Job>,
+    tick: Duration,
+    next_tick: Instant,
+    timer: Option<BoxFuture<'static, ()>>,
+    /// Proposals waiting for their entry to be applied, by index.
+    proposals: BTreeMap<LogIndex, (LogId, ProposeReply)>,
+    /// Membership changes waiting for their entry to be applied, by index.
+    changes: BTreeMap<LogIndex, (LogId, ChangeReply)>,
+    reads: HashMap<ReadId, oneshot::Sender<Result<LogIndex, ReadError>>>,
+    next_read: u64,
+    metrics: Publisher<Metrics>,
+    shutdown: Option<oneshot::Sender<()>>,
+    fatal: Option<String>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            if let Err(e) = self.carry_out().await {
+                tracing::error!(node = %self.raft.id(), error = %e, "storage failed; stopping the node");
+                self.fatal = Some(e.to_string());
+            }
+            if self.fatal.is_some() || self.shutdown.is_some() {
+                break;
+            }
+            self.metrics
+                .publish(metrics_of(&self.raft, NodeState::Running));
+            futures::future::poll_fn(|cx| self.poll_inputs(cx)).await;
+        }
+        self.stop().await;
+    }
+
+    /// Takes every input that is ready; pending only if none is.
+    fn poll_inputs(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut ready = false;
+        for _ in 0..BATCH {
+            match self.events.poll_next_unpin(cx) {
+                Poll::Ready(Some(event)) => {
+                    ready = true;
+                    self.on_event(event);
+                }
+                _ => break,
+            }
+        }
+        if let Some(incoming) = &mut self.incoming {
+            for _ in 0..BATCH {
+                match incoming.poll_next_unpin(cx) {
+                    Poll::Ready(Some((from, message))) => {
+                        ready = true;
+                        self.raft.step(from, message);
+                    }
+                    Poll::Ready(None) => {
+                        tracing::warn!(node = %self.raft.id(), "the transport closed its incoming stream");
+                        self.incoming = None;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        for _ in 0..BATCH {
+            match self.commands.poll_next_unpin(cx) {
+                Poll::Ready(Some(command)) => {
+                    ready = true;
+                    self.on_command(command);
+                }
+                Poll::Ready(None) => {
+                    // Every handle is gone: nobody can use or stop this node but us.
+                    let (tx, _) = oneshot::channel();
+                    self.shutdown = Some(tx);
+                    return Poll::Ready(());
+                }
+                Poll::Pending => break,
+            }
+        }
+        let timer = self.timer.get_or_insert_with(|| {
+            let now = self.runtime.now();
+            self.runtime
+                .sleep(self.next_tick.saturating_duration_since(now))
+        });
+        if timer.poll_unpin(cx).is_ready() {
+            self.timer = None;
+            let now = self.runtime.now();
+            // Catch up on missed ticks after a long write, but bound the burst.
+            let mut ticks = 0;
+            while self.next_tick <= now && ticks < 100 {
+                self.raft.tick();
+                self.next_tick += self.tick;
+                ticks += 1;
+            }
+            if self.next_tick <= now {
+                self.next_tick = now + self.tick;
+            }
+            ready = true;
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Applied(index) => self.raft.applied(index),
+            Event::SnapshotBuilt(meta) => self.raft.snapshot_built(meta),
+            Event::ChunkRead {
+                to,
+                id,
+                offset,
+                data,
+                last,
+            } => self.raft.snapshot_chunk_read(to, id, offset, data, last),
+            Event::Fatal(e) => self.fatal = Some(e),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Propose(data, reply) => match self.raft.propose(data) {
+                Ok(id) => {
+                    self.proposals.insert(id.index, (id, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Read(reply) => {
+                let id = ReadId(self.next_read);
+                self.next_read += 1;
+                match self.raft.read_index(id) {
+                    Ok(()) => {
+                        self.reads.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Change(change, reply) => match self.raft.change_membership(change) {
+                Ok(id) => {
+                    self.changes.insert(id.index, (id, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Transfer(to, reply) => {
+                let _ = reply.send(self.raft.transfer_leader(to));
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.raft.trigger_snapshot());
+            }
+            Command::Shutdown(reply) => self.shutdown = Some(reply),
+        }
+    }
+
+    /// Carries out the core's actions in order. Log writes are awaited here: a leader's
+    /// appends are queued before its own write, so they are on the wire meanwhile.
+    async fn carry_out(&mut self) -> Result<(), super::StorageError> {
+        while let Some(action) = self.raft.poll_action() {
+            match action {
+                Action::Send { to, message } => {
+                    if matches!(
+                        message,
+                        Message::InstallSnapshot(_) | Message::InstallSnapshotResponse(_)
+                    ) {
+                        self.transport.send_snapshot(to, message);
+                    } else {
+                        self.transport.send(to, message);
+                    }
+                }
+                Action::Persist(batch) => {
+                    self.env_log.write(&batch).await?;
+                    if let Some(last) = batch.entries.last() {
+                        self.raft.persisted(last.log_id);
+                    }
+                }
+                Action::Apply(entries) => {
+                    let waiters = self.waiters_for(&entries);
+                    self.hand_to_apply(Job::Apply { entries, waiters });
+                }
+                Action::ReadReady { id, index } => {
+                    if let Some(reply) = self.reads.remove(&id) {
+                        let _ = reply.send(Ok(index));
+                    }
+                }
+                Action::ReadFailed { id, error } => {
+                    if let Some(reply) = self.reads.remove(&id) {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                Action::BuildSnapshot { meta } => self.hand_to_apply(Job::BuildSnapshot(meta)),
+                Action::PurgeLog { up_to } => self.env_log.purge(up_to).await?,
+                Action::ReadSnapshotChunk {
+                    to,
+                    meta,
+                    offset,
+                    len,
+                } => {
+                    let (sm, events) = (self.state_machine.clone(), self.events_tx.clone());
+                    self.runtime.spawn(
+                        async move {
+                            let event = match sm.read_snapshot(meta.id, offset, len).await {
+                                Ok(Some((data, last))) => Event::ChunkRead {
+                                    to,
+                                    id: meta.id,
+                                    offset,
+                                    data: Some(data),
+                                    last,
+                                },
+                                Ok(None) => Event::ChunkRead {
+                                    to,
+                                    id: meta.id,
+                                    offset,
+                                    data: None,
+                                    last: false,
+                                },
+                                Err(e) => Event::Fatal(e.to_string()),
+                            };
+                            let _ = events.unbounded_send(event);
+                        }
+                        .boxed(),
+                    );
+                }
+                Action::WriteSnapshotChunk { meta, offset, data } => {
+                    self.hand_to_apply(Job::Receive { meta, offset, data })
+                }
+                Action::InstallSnapshot { meta, discard_log } => {
+                    // In order and durable before anything after it: wait for the apply
+                    // task to install, then fix the log.
+                    let (done, installed) = oneshot::channel();
+                    let last = meta.last_log_id;
+                    self.hand_to_apply(Job::Install { meta, done });
+                    match installed.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            return Err(super::StorageError::new("install a snapshot", e));
+                        }
+                        Err(_) => {
+                            return Err(super::StorageError::new(
+                                "install a snapshot",
+                                "the apply task stopped",
+                            ));
+                        }
+                    }
+                    if discard_log {
+                        self.env_log.reset(last).await?;
+                    } else {
+                        self.env_log.purge(last).await?;
+                    }
+                    self.drop_covered_waiters(last.index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_to_apply(&mut self, job: Job) {
+        if self.apply_tx.unbounded_send(job).is_err() {
+            self.fatal = Some("the apply task stopped".to_string());
+        }
+    }
+
+    /// Matches the entries about to be applied with the clients waiting for them. A
+    /// waiter whose index now holds a different entry lost it to a new leader: that
+    /// command did not take effect.
+    fn waiters_for(&mut self, entries: &[raft_proto::Entry]) -> Vec<Waiter> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Vec::new();
+        };
+        let (first, last) = (first.log_id.index, last.log_id.index);
+        let hint = self.hint();
+        let mut waiters = Vec::new();
+        let later = self.proposals.split_off(&last.next());
+        for (index, (id, reply)) in std::mem::replace(&mut self.proposals, later) {
+            match entries.get(index.distance_from(first) as usize) {
+                Some(e) if index >= first && e.log_id == id => {
+                    waiters.push(Waiter::Propose(index, reply))
+                }
+                Some(_) if index >= first => {
+                    let _ = reply.send(Err(ProposeError::Dropped(hint)));
+                }
+                _ => {
+                    let _ = reply.send(Err(ProposeError::Indeterminate));
+                }
+            }
+        }
+        let later = self.changes.split_off(&last.next());
+        for (index, (id, reply)) in std::mem::replace(&mut self.changes, later) {
+            match entries.get(index.distance_from(first) as usize) {
+                Some(e)
+                    if index >= first
+                        && e.log_id == id
+                        && matches!(e.payload, EntryPayload::Membership(_)) =>
+                {
+                    waiters.push(Waiter::Change(id, reply))
+                }
+                Some(_) if index >= first => {
+                    let _ = reply.send(Err(MembershipError::Dropped));
+                }
+                _ => {
+                    let _ = reply.send(Err(MembershipError::Indeterminate));
+                }
+            }
+        }
+        waiters
+    }
+
+    /// After a snapshot replaced the log up to `index`, waiters at or below it cannot
+    /// learn whether their entry was in it.
+    fn drop_covered_waiters(&mut self, index: LogIndex) {
+        let later = self.proposals.split_off(&index.next());
+        for (_, (_, reply)) in std::mem::replace(&mut self.proposals, later) {
+            let _ = reply.send(Err(ProposeError::Indeterminate));
+        }
+        let later = self.changes.split_off(&index.next());
+        for (_, (_, reply)) in std::mem::replace(&mut self.changes, later) {
+            let _ = reply.send(Err(MembershipError::Indeterminate));
+        }
+    }
+
+    fn hint(&self) -> NotLeader {
+        self.raft.not_leader()
+    }
+
+    async fn stop(mut self) {
+        let reason = self.fatal.take();
+        // Let the apply task finish what it has, so storage ends consistent.
+        let (done, drained) = oneshot::channel();
+        if self.apply_tx.unbounded_send(Job::Stop(done)).is_ok() {
+            let _ = drained.await;
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(ProposeError::Stopped));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.changes) {
+            let _ = reply.send(Err(MembershipError::Stopped));
+        }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.send(Err(ReadError::Stopped));
+        }
+        self.metrics
+            .publish(metrics_of(&self.raft, NodeState::Stopped(reason)));
+        if let Some(reply) = self.shutdown.take() {
+            let _ = reply.send(());
+        }
+        tracing::info!(node = %self.raft.id(), "stopped");
+    }
+}
+
+pub(crate) fn metrics_of(raft: &Raft, state: NodeState) -> Metrics {
+    let status = raft.status();
+    let replication = if status.role == Role::Leader {
+        raft.membership()
+            .members()
+            .filter_map(|m| raft.progress(m).map(|p| (m, p.match_index)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    Metrics {
+        id: status.id,
+        state,
+        role: status.role,
+        term: status.term,
+        leader: status.leader,
+        last_log_id: status.last_log_id,
+        committed: status.committed,
+        applied: status.applied,
+        snapshot: raft.log().snapshot().last_log_id,
+        membership: raft.membership().clone(),
+        replication,
+    }
+}

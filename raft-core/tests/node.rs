@@ -1,0 +1,432 @@
+//! The async `Node` on two runtimes (tokio and the `futures` thread pool), over the
+//! in-memory stores and the in-process router. Every scenario runs on both.
+
+#![allow(clippy::unwrap_used)]
+
+use futures::FutureExt;
+use raft_core::node::{Environment, Metrics, Node, NodeOptions, NodeState, Runtime};
+use raft_core::rt::tokio::TokioRuntime;
+use raft_core::testing::{MemLogStore, MemStateMachine, Router, ThreadPoolRuntime, kv_command};
+use raft_core::{Config, NotLeader, ProposeError, Role};
+use raft_proto::{Membership, NodeId};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs `scenario` once on tokio and once on the `futures` thread pool.
+macro_rules! on_both_runtimes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tokio() {
+                let rt = std::sync::Arc::new(super::TokioRuntime::current().unwrap());
+                super::$name(rt).await;
+            }
+
+            #[test]
+            fn thread_pool() {
+                let rt = std::sync::Arc::new(super::ThreadPoolRuntime::new(2).unwrap());
+                futures::executor::block_on(super::$name(rt));
+            }
+        }
+    )*};
+}
+
+on_both_runtimes!(
+    three_nodes_elect_and_replicate,
+    a_follower_answers_not_leader_with_the_leaders_id,
+    leader_crash_with_proposals_in_flight,
+    a_lagging_follower_catches_up,
+    shutdown_and_restart_from_the_same_storage,
+    linearizable_read_after_a_leader_change,
+    a_far_behind_follower_catches_up_by_snapshot,
+    five_nodes_survive_two_failures,
+    a_failing_disk_stops_the_node_with_a_clear_error,
+);
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Fails the test if `fut` takes longer than `PATIENCE`.
+async fn within<T>(rt: &Arc<dyn Runtime>, what: &str, fut: impl Future<Output = T>) -> T {
+    futures::select! {
+        v = fut.fuse() => v,
+        _ = rt.sleep(PATIENCE).fuse() => panic!("timed out waiting for {what}"),
+    }
+}
+
+struct Cluster {
+    rt: Arc<dyn Runtime>,
+    router: Router,
+    members: Membership,
+    tune: fn(&mut Config),
+    nodes: BTreeMap<NodeId, Node>,
+    logs: BTreeMap<NodeId, MemLogStore>,
+    machines: BTreeMap<NodeId, MemStateMachine>,
+}
+
+impl Cluster {
+    async fn start(rt: Arc<dyn Runtime>, size: u64, tune: fn(&mut Config)) -> Cluster {
+        let members = Membership::voters((1..=size).map(NodeId));
+        let mut c = Cluster {
+            rt,
+            router: Router::new(),
+            members,
+            tune,
+            nodes: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            machines: BTreeMap::new(),
+        };
+        for id in 1..=size {
+            c.start_node(NodeId(id)).await;
+        }
+        c
+    }
+
+    /// Starts (or restarts) `id` over its stores.
+    async fn start_node(&mut self, id: NodeId) {
+        let log = self.logs.entry(id).or_default().clone();
+        let sm = self
+            .machines
+            .entry(id)
+            .or_insert_with(|| MemStateMachine::new(id.0))
+            .clone();
+        let (transport, incoming) = self.router.register(id);
+        let mut config = Config::new(id);
+        config.rng_seed = id.0 * 7919;
+        (self.tune)(&mut config);
+        let mut options = NodeOptions::new(self.members.clone());
+        options.tick = Duration::from_millis(5);
+        let env = Environment {
+            log: Arc::new(log),
+            state_machine: Arc::new(sm),
+            transport,
+            incoming,
+            runtime: self.rt.clone(),
+        };
+        let node = Node::start(config, options, env).await.unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    /// Stops `id` and disconnects it (its stores survive).
+    async fn stop_node(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.remove(&id) {
+            self.router.unregister(id);
+            node.shutdown().await;
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[&id]
+    }
+
+    /// Waits until the running nodes agree on one leader that leads their term.
+    async fn leader(&self) -> NodeId {
+        self.leader_other_than(None).await
+    }
+
+    /// Waits until the running nodes agree on one leader other than `not`.
+    async fn leader_other_than(&self, not: Option<NodeId>) -> NodeId {
+        within(&self.rt, "a leader", async {
+            loop {
+                let ms: Vec<Metrics> = self.nodes.values().map(|n| n.metrics().get()).collect();
+                if let Some(l) = ms
+                    .iter()
+                    .find(|m| m.role == Role::Leader && Some(m.id) != not)
+                {
+                    if ms
+                        .iter()
+                        .all(|m| m.term == l.term && m.leader == Some(l.id))
+                    {
+                        return l.id;
+                    }
+                }
+                self.rt.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits until every running node's state machine has applied `index`.
+    async fn applied_everywhere(&self, index: raft_proto::LogIndex) {
+        for node in self.nodes.values() {
+            let mut w = node.metrics();
+            within(
+                &self.rt,
+                "apply everywhere",
+                w.wait_for(|m| m.applied >= index),
+            )
+            .await;
+        }
+    }
+
+    /// What `id`'s state machine has applied (after a successful proposal on the leader,
+    /// at least that proposal).
+    fn applied(&self, id: NodeId) -> raft_proto::LogIndex {
+        self.machines[&id].applied().index
+    }
+
+    async fn put(&self, on: NodeId, key: &str, value: &str) -> Result<(), ProposeError> {
+        within(
+            &self.rt,
+            "a proposal",
+            self.node(on).propose(kv_command("put", key, value)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.values() {
+            node.shutdown().await;
+        }
+    }
+}
+
+fn defaults(_: &mut Config) {}
+
+async fn three_nodes_elect_and_replicate(rt: Arc<dyn Runtime>) {
+    let c = Cluster::start(rt, 3, defaults).await;
+    let leader = c.leader().await;
+    for i in 0..20 {
+        c.put(leader, &format!("k{i}"), &format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let applied = c.applied(leader);
+    c.applied_everywhere(applied).await;
+    for sm in c.machines.values() {
+        assert_eq!(sm.get("k19").as_deref(), Some("v19"));
+        assert_eq!(sm.dump().len(), 20);
+    }
+    c.shutdown().await;
+}
+
+async fn a_follower_answers_not_leader_with_the_leaders_id(rt: Arc<dyn Runtime>) {
+    let c = Cluster::start(rt, 3, defaults).await;
+    let leader = c.leader().await;
+    let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();
+    let err = c.put(follower, "x", "1").await.unwrap_err();
+    assert_eq!(
+        err,
+        ProposeError::NotLeader(NotLeader {
+            leader_hint: Some(leader)
+        })
+    );
+    c.shutdown().await;
+}
+
+async fn leader_crash_with_proposals_in_flight(rt: Arc<dyn Runtime>) {
+    let mut c = Cluster::start(rt, 3, defaults).await;
+    let old = c.leader().await;
+    let node = c.node(old).clone();
+    // Twenty proposals in flight, then the leader goes away.
+    let inflight: Vec<_> = (0..20)
+        .map(|i| {
+            let node = node.clone();
+            async move { node.propose(kv_command("put", &format!("p{i}"), "x")).await }
+        })
+        .collect();
+    let results = futures::future::join_all(inflight.into_iter().map(|f| f.boxed()));
+    let stop = c.stop_node(old);
+    let (results, ()) = futures::join!(results, stop);
+    for r in &results {
+        assert!(
+            matches!(
+                r,
+                Ok(_)
+                    | Err(ProposeError::Stopped
+                        | ProposeError::Dropped(_)
+                        | ProposeError::Indeterminate)
+            ),
+            "unexpected result {r:?}"
+        );
+    }
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    c.put(new, "after", "crash").await.unwrap();
+    // Every acknowledged proposal survived the crash.
+    for (i, r) in results.iter().enumerate() {
+        if r.is_ok() {
+            assert_eq!(
+                c.machines[&new].get(&format!("p{i}")).as_deref(),
+                Some("x"),
+                "acknowledged p{i} lost"
+            );
+        }
+    }
+    // The old leader comes back and catches up.
+    c.start_node(old).await;
+    let applied = c.applied(new);
+    c.applied_everywhere(applied).await;
+    assert_eq!(c.machines[&old].dump(), c.machines[&new].dump());
+    c.shutdown().await;
+}
+
+async fn a_lagging_follower_catches_up(rt: Arc<dyn Runtime>) {
+    let c = Cluster::start(rt, 3, defaults).await;
+    let leader = c.leader().await;
+    let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();
+    // The other two still make a majority.
+    c.router.isolate(follower);
+    for i in 0..50 {
+        c.put(leader, &format!("k{i}"), "v").await.unwrap();
+    }
+    assert!(
+        c.machines[&follower].dump().len() < 50,
+        "the follower is behind"
+    );
+    c.router.heal();
+    let applied = c.applied(leader);
+    c.applied_everywhere(applied).await;
+    assert_eq!(c.machines[&follower].dump().len(), 50);
+    c.shutdown().await;
+}
+
+async fn shutdown_and_restart_from_the_same_storage(rt: Arc<dyn Runtime>) {
+    let mut c = Cluster::start(rt, 3, defaults).await;
+    let leader = c.leader().await;
+    for i in 0..10 {
+        c.put(leader, &format!("k{i}"), "v").await.unwrap();
+    }
+    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+    for &id in &ids {
+        c.stop_node(id).await;
+    }
+    for &id in &ids {
+        c.start_node(id).await;
+    }
+    let leader = c.leader().await;
+    c.put(leader, "after", "restart").await.unwrap();
+    let applied = c.applied(leader);
+    c.applied_everywhere(applied).await;
+    for sm in c.machines.values() {
+        assert_eq!(sm.dump().len(), 11, "nothing lost, nothing applied twice");
+    }
+    c.shutdown().await;
+}
+
+async fn linearizable_read_after_a_leader_change(rt: Arc<dyn Runtime>) {
+    let c = Cluster::start(rt, 3, defaults).await;
+    let old = c.leader().await;
+    c.put(old, "x", "1").await.unwrap();
+    let next = c.nodes.keys().copied().find(|&id| id != old).unwrap();
+    within(&c.rt, "a transfer", c.node(old).transfer_leader(next))
+        .await
+        .unwrap();
+    let new = c.leader_other_than(Some(old)).await;
+    c.put(new, "x", "2").await.unwrap();
+    // A read barrier on every node, then the local state machine: the last write shows.
+    for (&id, node) in &c.nodes {
+        within(&c.rt, "a read", node.read()).await.unwrap();
+        assert_eq!(
+            c.machines[&id].get("x").as_deref(),
+            Some("2"),
+            "stale read on node {id}"
+        );
+    }
+    c.shutdown().await;
+}
+
+fn small_snapshots(config: &mut Config) {
+    config.snapshot_entries = 10;
+    config.snapshot_keep_entries = 2;
+    config.snapshot_chunk_bytes = 64;
+}
+
+async fn a_far_behind_follower_catches_up_by_snapshot(rt: Arc<dyn Runtime>) {
+    let mut c = Cluster::start(rt, 3, small_snapshots).await;
+    let leader = c.leader().await;
+    let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();
+    c.stop_node(follower).await;
+    for i in 0..60 {
+        c.put(leader, &format!("k{i}"), &"v".repeat(20))
+            .await
+            .unwrap();
+    }
+    let m = c.node(leader).metrics().get();
+    assert!(
+        m.snapshot.index.0 >= 50,
+        "the leader took snapshots: {:?}",
+        m.snapshot
+    );
+    c.start_node(follower).await;
+    c.applied_everywhere(c.applied(leader)).await;
+    assert_eq!(c.machines[&follower].dump(), c.machines[&leader].dump());
+    assert!(
+        c.node(follower).metrics().get().snapshot.index.0 >= 50,
+        "installed a snapshot"
+    );
+    c.shutdown().await;
+}
+
+async fn five_nodes_survive_two_failures(rt: Arc<dyn Runtime>) {
+    let mut c = Cluster::start(rt, 5, defaults).await;
+    let leader = c.leader().await;
+    c.put(leader, "a", "1").await.unwrap();
+    let down: Vec<NodeId> = c
+        .nodes
+        .keys()
+        .copied()
+        .filter(|&id| id != leader)
+        .take(2)
+        .collect();
+    for &id in &down {
+        c.stop_node(id).await;
+    }
+    c.put(leader, "b", "2").await.unwrap();
+    c.stop_node(leader).await;
+    // Two of five are left: no majority, no progress.
+    let survivors: Vec<NodeId> = c.nodes.keys().copied().collect();
+    assert_eq!(survivors.len(), 2);
+    for &id in &down {
+        c.start_node(id).await;
+    }
+    let new = c.leader().await;
+    c.put(new, "c", "3").await.unwrap();
+    assert_eq!(c.machines[&new].get("b").as_deref(), Some("2"));
+    assert!(
+        c.nodes
+            .values()
+            .all(|n| n.metrics().get().state == NodeState::Running)
+    );
+    c.shutdown().await;
+}
+
+async fn a_failing_disk_stops_the_node_with_a_clear_error(rt: Arc<dyn Runtime>) {
+    let c = Cluster::start(rt, 3, defaults).await;
+    let leader = c.leader().await;
+    c.put(leader, "before", "1").await.unwrap();
+    c.logs[&leader].set_failing(true);
+    let err = c.put(leader, "during", "2").await.unwrap_err();
+    assert_eq!(err, ProposeError::Stopped);
+    let mut w = c.node(leader).metrics();
+    let stopped = within(
+        &c.rt,
+        "the node to stop",
+        w.wait_for(|m| m.state != NodeState::Running),
+    )
+    .await
+    .unwrap();
+    let NodeState::Stopped(Some(reason)) = stopped.state else {
+        panic!("no reason given: {:?}", stopped.state)
+    };
+    assert!(reason.contains("write to the log"), "{reason}");
+    // The others elect a new leader and keep what was acknowledged.
+    let rest: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    let new = within(&c.rt, "a new leader", async {
+        loop {
+            if let Some(l) = rest
+                .iter()
+                .find(|&&id| c.node(id).metrics().get().role == Role::Leader)
+            {
+                return *l;
+            }
+            c.rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    c.put(new, "after", "3").await.unwrap();
+    assert_eq!(c.machines[&new].get("before").as_deref(), Some("1"));
+    c.shutdown().await;
+}
