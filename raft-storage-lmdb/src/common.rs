@@ -1,0 +1,234 @@
+//! Pieces both stores share: errors, the checksummed record codec, the directory lock,
+//! the format version, environment options and growth.
+
+use heed::{Env, EnvOpenOptions, WithoutTls};
+use raft_core::node::StorageError;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What can go wrong in these stores, beyond LMDB's own errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LmdbError {
+    /// Stored bytes fail their checksum or do not decode: never served.
+    #[error("corruption in {what}: {detail}")]
+    Corruption {
+        /// What was being read.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The directory was written by a newer version of this software.
+    #[error(
+        "{path} holds format version {found}, newer than this build's {FORMAT_VERSION}; run a newer build"
+    )]
+    NewerFormat {
+        /// The directory.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// Another process (or another store in this one) has the directory open.
+    #[error("{path} is in use by another process (its LOCK file is held); stop it first")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The memory map reached its configured maximum.
+    #[error("the LMDB map of {path} is full at its maximum of {max} bytes; raise max_map_size")]
+    MapFull {
+        /// The environment.
+        path: PathBuf,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The store is in an inconsistent state that a write must not build on.
+    #[error("{0}")]
+    Invalid(String),
+    /// An LMDB operation failed.
+    #[error("LMDB: {0}")]
+    Heed(#[from] heed::Error),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LmdbError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> LmdbError {
+        LmdbError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> LmdbError {
+        LmdbError::Corruption {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Whether the error is a full disk (or quota): worth waiting out.
+    pub(crate) fn is_disk_full(&self) -> bool {
+        let io = match self {
+            LmdbError::Heed(heed::Error::Io(e)) | LmdbError::Io { source: e, .. } => e,
+            _ => return false,
+        };
+        matches!(io.raw_os_error(), Some(28 /* ENOSPC */ | 122 /* EDQUOT */))
+            || io.kind() == std::io::ErrorKind::StorageFull
+    }
+
+    pub(crate) fn into_storage(self, operation: &'static str) -> StorageError {
+        StorageError::new(operation, self)
+    }
+}
+
+/// Sizes and limits of an environment.
+#[derive(Clone, Debug)]
+pub struct EnvConfig {
+    /// The memory map at open (address space only; the file grows as data does).
+    pub map_size: usize,
+    /// The map doubles when full, up to this size.
+    pub max_map_size: usize,
+    /// With a full disk, a write waits for space this long before failing (the node
+    /// stops accepting writes meanwhile; nothing is lost or corrupted).
+    pub disk_full_patience: Duration,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        EnvConfig {
+            map_size: 1 << 30,
+            max_map_size: 1 << 40,
+            disk_full_patience: Duration::from_secs(600),
+        }
+    }
+}
+
+/// An exclusive lock on a directory, held for the store's life (released on drop or
+/// process exit).
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<DirLock, LmdbError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LmdbError::io(format!("create {}", dir.display()), e))?;
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LmdbError::io(format!("open {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(LmdbError::Locked {
+                path: dir.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(LmdbError::io(format!("lock {}", path.display()), e))
+            }
+        }
+    }
+}
+
+/// Opens (creating) an environment in `dir` with `dbs` named databases, and clears
+/// reader slots left by dead processes.
+#[allow(unsafe_code)] // heed's open is unsafe: see the SAFETY note.
+pub(crate) fn open_env(
+    dir: &Path,
+    config: &EnvConfig,
+    dbs: u32,
+) -> Result<Env<WithoutTls>, LmdbError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LmdbError::io(format!("create {}", dir.display()), e))?;
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options
+        .map_size(round_to_page(config.map_size))
+        .max_dbs(dbs);
+    // SAFETY: each environment path is opened once per process (the directory lock
+    // and distinct directories guarantee it), and no other code maps these files.
+    let env = unsafe { options.open(dir)? };
+    let stale = env.clear_stale_readers()?;
+    if stale > 0 {
+        tracing::info!(dir = %dir.display(), stale, "cleared stale LMDB reader slots");
+    }
+    Ok(env)
+}
+
+pub(crate) fn round_to_page(size: usize) -> usize {
+    const PAGE: usize = 4096;
+    size.div_ceil(PAGE).max(16) * PAGE
+}
+
+/// Doubles `env`'s map, up to `config.max_map_size`; `false` when already there.
+///
+/// Must be called with no transaction of this environment open in this process.
+#[allow(unsafe_code)] // heed's resize is unsafe: see the SAFETY note.
+pub(crate) fn grow(env: &Env<WithoutTls>, config: &EnvConfig) -> Result<bool, LmdbError> {
+    let current = env.info().map_size;
+    if current >= config.max_map_size {
+        return Ok(false);
+    }
+    let next = round_to_page(current.saturating_mul(2).min(config.max_map_size));
+    tracing::info!(dir = %env.path().display(), from = current, to = next, "growing the LMDB map");
+    // SAFETY: callers hold no transaction of this environment (they run on its one
+    // storage thread between transactions, and the environment is not shared).
+    unsafe { env.resize(next)? };
+    Ok(true)
+}
+
+/// Whether an LMDB error is a full map.
+pub(crate) fn is_map_full(e: &heed::Error) -> bool {
+    matches!(e, heed::Error::Mdb(heed::MdbError::MapFull))
+}
+
+/// A record: CRC32C of the frame, then the frame (version byte + postcard).
+pub(crate) fn seal(frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    out.extend_from_slice(&crc32c::crc32c(frame).to_le_bytes());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// The frame of a record, if its checksum holds.
+pub(crate) fn unseal<'a>(
+    record: &'a [u8],
+    what: &dyn Fn() -> String,
+) -> Result<&'a [u8], LmdbError> {
+    let Some((crc, frame)) = record.split_first_chunk::<4>() else {
+        return Err(LmdbError::corrupt(
+            what(),
+            format!("record of {} bytes is too short", record.len()),
+        ));
+    };
+    let expected = u32::from_le_bytes(*crc);
+    let actual = crc32c::crc32c(frame);
+    if expected != actual {
+        return Err(LmdbError::corrupt(
+            what(),
+            format!("checksum {actual:08x} does not match the stored {expected:08x}"),
+        ));
+    }
+    Ok(frame)
+}
+
+/// Makes a rename or file creation in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LmdbError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| LmdbError::io(format!("sync directory {}", dir.display()), e))
+}

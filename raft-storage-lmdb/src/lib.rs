@@ -1,0 +1,11 @@
+//! Durable Raft storage on LMDB (heed): a [`LmdbLogStore`] for the log and hard state,
+//! and an [`LmdbStateMachine`] toolkit for the replicated state, with copy-on-write
+//! snapshots.
+
+mod common;
+mod log_store;
+mod worker;
+
+pub use common::{EnvConfig, FORMAT_VERSION, LmdbError};
+pub use log_store::LmdbLogStore;
+pub use worker::WorkerGone;

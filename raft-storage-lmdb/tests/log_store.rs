@@ -1,0 +1,157 @@
+//! The LMDB log store against the conformance suite, plus what only a real disk has:
+//! locking, format versions, corruption detection.
+
+#![allow(clippy::unwrap_used)]
+
+use raft_core::Persist;
+use raft_core::node::LogStore;
+use raft_core::testing::suite;
+use raft_proto::{Bytes, Entry, EntryPayload, LogId, LogIndex, Term};
+use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Opens `dir`, waiting (briefly) for a store just dropped to release it.
+fn open_when_free(dir: &Path) -> LmdbLogStore {
+    for _ in 0..500 {
+        match LmdbLogStore::open(dir, EnvConfig::default()) {
+            Ok(s) => return s,
+            Err(LmdbError::Locked { .. } | LmdbError::Heed(heed::Error::EnvAlreadyOpened)) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+    panic!("{} stayed locked", dir.display());
+}
+
+#[test]
+fn the_lmdb_log_store_conforms() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Arc<Mutex<HashMap<usize, PathBuf>>> = Arc::default();
+    let counter = Arc::new(Mutex::new(0));
+    let (d1, d2, r) = (dirs.clone(), dirs.clone(), root.path().to_path_buf());
+    futures::executor::block_on(suite::log_store(
+        move || {
+            let mut n = counter.lock().unwrap();
+            *n += 1;
+            let dir = r.join(format!("log{n}"));
+            let store: Arc<dyn LogStore> =
+                Arc::new(LmdbLogStore::open(&dir, EnvConfig::default()).unwrap());
+            d1.lock()
+                .unwrap()
+                .insert(Arc::as_ptr(&store) as *const () as usize, dir);
+            store
+        },
+        move |store| {
+            let dir = d2
+                .lock()
+                .unwrap()
+                .remove(&(Arc::as_ptr(&store) as *const () as usize))
+                .unwrap();
+            drop(store);
+            let reopened: Arc<dyn LogStore> = Arc::new(open_when_free(&dir));
+            d2.lock()
+                .unwrap()
+                .insert(Arc::as_ptr(&reopened) as *const () as usize, dir);
+            reopened
+        },
+    ));
+}
+
+#[test]
+fn a_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = LmdbLogStore::open(dir.path(), EnvConfig::default()).unwrap();
+    match LmdbLogStore::open(dir.path(), EnvConfig::default()) {
+        Err(e @ LmdbError::Locked { .. }) => {
+            assert!(e.to_string().contains("in use by another process"))
+        }
+        other => panic!("a second open succeeded or failed oddly: {:?}", other.err()),
+    }
+}
+
+fn entry(index: u64, payload: &[u8]) -> Entry {
+    Entry {
+        log_id: LogId::new(Term(1), LogIndex(index)),
+        payload: EntryPayload::Command(Bytes::from(payload)),
+    }
+}
+
+#[test]
+fn a_corrupted_byte_is_detected_and_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"PAYLOAD-MARKER-0123456789";
+    {
+        let store = LmdbLogStore::open(dir.path(), EnvConfig::default()).unwrap();
+        let batch = Persist {
+            entries: vec![entry(1, b"first"), entry(2, marker)],
+            ..Persist::default()
+        };
+        futures::executor::block_on(store.write(&batch)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Flip one byte of the second entry's payload in the data file.
+    let file = dir.path().join("data.mdb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the payload is on disk");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    let store = open_when_free(dir.path());
+    let err = futures::executor::block_on(store.load()).unwrap_err();
+    let text = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        text.contains("corruption in log entry 2") && text.contains("checksum"),
+        "{text}"
+    );
+    // The intact entry is still served.
+    let first = futures::executor::block_on(store.entries(LogIndex(1), LogIndex(2))).unwrap();
+    assert_eq!(first, vec![entry(1, b"first")]);
+}
+
+#[test]
+fn a_newer_format_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(LmdbLogStore::open(dir.path(), EnvConfig::default()).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    // Rewrite the stored format version as if a newer build had created the store.
+    {
+        let env = unsafe_open(dir.path());
+        let wtxn = env.write_txn().unwrap();
+        let meta = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+                let meta = opener
+                    .create_database::<heed::types::Str, heed::types::Bytes>(wtxn, Some("meta"))?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit(meta))
+            })
+            .unwrap()
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().unwrap();
+        meta.put(&mut wtxn, "format", &99u32.to_le_bytes()).unwrap();
+        wtxn.commit().unwrap();
+    }
+    match LmdbLogStore::open(dir.path(), EnvConfig::default()) {
+        Err(e @ LmdbError::NewerFormat { found: 99, .. }) => {
+            assert!(e.to_string().contains("run a newer build"))
+        }
+        other => panic!("a newer format was accepted: {:?}", other.err()),
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_open(dir: &Path) -> heed::Env {
+    let mut options = heed::EnvOpenOptions::new();
+    options.max_dbs(4);
+    // SAFETY: the store that used this directory is closed; nothing else maps it.
+    unsafe { options.open(dir).unwrap() }
+}
