@@ -4,8 +4,11 @@
 
 mod common;
 mod log_store;
+mod snapshot_file;
+mod state_machine;
 mod worker;
 
 pub use common::{EnvConfig, FORMAT_VERSION, LmdbError};
 pub use log_store::LmdbLogStore;
+pub use state_machine::{ApplyContext, Db, LmdbStateMachine, Machine, SmConfig, View};
 pub use worker::WorkerGone;

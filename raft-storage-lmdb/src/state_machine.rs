@@ -1,0 +1,774 @@
+//! [`LmdbStateMachine`]: a [`StateMachine`] on LMDB for an application [`Machine`].
+//!
+//! Directory layout (its own environment, apart from the log, so a long snapshot read
+//! never bloats the log file):
+//!
+//! ```text
+//! LOCK                    held while open
+//! CURRENT                 the name of the live state directory, switched by rename
+//! state-000001/           the live LMDB environment: data, sessions, meta
+//! snapshots/<id>.snap     snapshot files (see snapshot_file) and <id>.meta
+//! incoming/<id>.part      a snapshot being received
+//! ```
+//!
+//! **Applies**: one write transaction per batch; the application's changes to `data`
+//! and `sessions` and the applied log id commit together, so a crash never applies an
+//! entry twice nor loses one reported applied.
+//!
+//! **Copy-on-write snapshots**: [`begin_snapshot`](StateMachine::begin_snapshot) opens a
+//! read transaction (a point-in-time MVCC view that writers never block) and a
+//! background thread streams it into a snapshot file while applies go on. The
+//! trade-off: while that transaction lives, pages freed by later commits cannot be
+//! reused, so the environment file grows with the write volume during the snapshot;
+//! `max_snapshot_duration` bounds it (a snapshot taking longer is abandoned and asked
+//! for again later).
+//!
+//! **Installing** a received snapshot: verify its checksum, build a new environment in
+//! a new directory, sync it, then point `CURRENT` at it with an atomic rename. A crash
+//! at any point leaves either the old state or the whole new one.
+
+use crate::common::{self, DirLock, EnvConfig, LmdbError};
+use crate::log_store::check_format;
+use crate::snapshot_file::{self, SnapshotWriter, Table};
+use crate::worker::Worker;
+use futures::FutureExt;
+use heed::types::{Bytes as RawBytes, Str};
+use heed::{CommitOrAbort, Database, Env, RoTxn, RwTxn, WithoutTls};
+use raft_core::node::{MachineState, SnapshotTask, StateMachine, StorageError};
+use raft_proto::{Bytes, Entry, EntryPayload, LogId, SnapshotMeta, decode_frame, encode_frame};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::hash::BuildHasher;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// A key-value database of the state machine's environment.
+pub type Db = Database<'static, RawBytes, RawBytes>;
+type MetaDb = Database<'static, Str, RawBytes>;
+
+/// The application logic of an LMDB state machine.
+pub trait Machine: Send + Sync + 'static {
+    /// Applies one command inside the batch's write transaction and returns the
+    /// response. Must be deterministic: every replica applies the same commands in the
+    /// same order and must reach the same state. An error stops the node.
+    fn apply(&self, cx: &mut ApplyContext<'_, '_>, command: &[u8]) -> Result<Bytes, LmdbError>;
+}
+
+/// What [`Machine::apply`] works with.
+pub struct ApplyContext<'a, 'e> {
+    /// The batch's write transaction.
+    pub txn: &'a mut RwTxn<'e>,
+    /// The application's data.
+    pub data: Db,
+    /// Client sessions (for exactly-once writes), in the same transaction.
+    pub sessions: Db,
+    /// The entry being applied.
+    pub log_id: LogId,
+}
+
+/// A read-only view for serving reads.
+pub struct View<'t> {
+    /// The read transaction.
+    pub txn: &'t RoTxn<'t, WithoutTls>,
+    /// The application's data.
+    pub data: Db,
+    /// Client sessions.
+    pub sessions: Db,
+}
+
+/// Settings of an [`LmdbStateMachine`].
+#[derive(Clone, Debug)]
+pub struct SmConfig {
+    /// Map sizes and full-disk behaviour.
+    pub env: EnvConfig,
+    /// A snapshot whose read transaction lives longer than this is abandoned.
+    pub max_snapshot_duration: Duration,
+    /// Snapshots kept on disk (the newest; older ones may be mid-transfer).
+    pub keep_snapshots: usize,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            env: EnvConfig {
+                map_size: 64 << 30,
+                ..EnvConfig::default()
+            },
+            max_snapshot_duration: Duration::from_secs(600),
+            keep_snapshots: 2,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFileMeta {
+    meta: SnapshotMeta,
+    size: u64,
+    crc: u32,
+}
+
+/// The live environment.
+struct Current {
+    env: Env<WithoutTls>,
+    data: Db,
+    sessions: Db,
+    meta: MetaDb,
+    name: String,
+}
+
+/// Lets readers in and out, and lets a map resize wait until none is inside (LMDB
+/// forbids resizing with a transaction open in the process).
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+struct Pass(Arc<Gate>);
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enter(self: &Arc<Self>) -> Pass {
+        let mut s = self.lock();
+        while s.1 {
+            s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        s.0 += 1;
+        Pass(self.clone())
+    }
+
+    fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut s = self.lock();
+        s.1 = true;
+        while s.0 > 0 {
+            s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        let r = f();
+        s.1 = false;
+        self.changed.notify_all();
+        r
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.0 -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    config: SmConfig,
+    current: RwLock<Arc<Current>>,
+    gate: Arc<Gate>,
+    counter: AtomicU64,
+    _lock: DirLock,
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    fn incoming(&self, id: u64) -> PathBuf {
+        self.dir.join("incoming").join(format!("{id:016x}.part"))
+    }
+
+    fn snapshot_path(&self, id: u64, ext: &str) -> PathBuf {
+        self.snapshots().join(format!("{id:016x}.{ext}"))
+    }
+}
+
+/// A durable [`StateMachine`] on LMDB: applies run on a dedicated thread, snapshot
+/// files are read and written on another.
+pub struct LmdbStateMachine<M: Machine> {
+    shared: Arc<Shared>,
+    machine: Arc<M>,
+    applier: Worker<()>,
+    io: Worker<()>,
+}
+
+impl<M: Machine> Clone for LmdbStateMachine<M> {
+    fn clone(&self) -> Self {
+        LmdbStateMachine {
+            shared: self.shared.clone(),
+            machine: self.machine.clone(),
+            applier: self.applier.clone(),
+            io: self.io.clone(),
+        }
+    }
+}
+
+fn open_current(dir: &Path, name: &str, config: &EnvConfig) -> Result<Current, LmdbError> {
+    let env = common::open_env(&dir.join(name), config, 4)?;
+    let wtxn = env.write_txn()?;
+    let (data, sessions, meta): (Db, Db, MetaDb) = env
+        .create_databases_and_commit(wtxn, |o, wtxn| -> Result<_, heed::Error> {
+            let data = o.create_database::<RawBytes, RawBytes>(wtxn, Some("data"))?;
+            let sessions = o.create_database::<RawBytes, RawBytes>(wtxn, Some("sessions"))?;
+            let meta = o.create_database::<Str, RawBytes>(wtxn, Some("meta"))?;
+            Ok(CommitOrAbort::<_, ()>::Commit((data, sessions, meta)))
+        })?
+        .unwrap_commit();
+    check_format(&env, meta, &dir.join(name))?;
+    Ok(Current {
+        env,
+        data,
+        sessions,
+        meta,
+        name: name.to_string(),
+    })
+}
+
+fn read_applied(cur: &Current, txn: &RoTxn<'_, WithoutTls>) -> Result<LogId, LmdbError> {
+    match cur.meta.get(txn, "applied")? {
+        None => Ok(LogId::ZERO),
+        Some(raw) => {
+            let frame = common::unseal(raw, &|| "state machine applied id".to_string())?;
+            decode_frame(frame)
+                .map_err(|e| LmdbError::corrupt("state machine applied id", e.to_string()))
+        }
+    }
+}
+
+fn sealed<T: Serialize>(value: &T) -> Result<Vec<u8>, LmdbError> {
+    let frame =
+        encode_frame(value).map_err(|e| LmdbError::Invalid(format!("cannot encode: {e}")))?;
+    Ok(common::seal(&frame))
+}
+
+fn io<T>(context: impl Fn() -> String, r: std::io::Result<T>) -> Result<T, LmdbError> {
+    r.map_err(|e| LmdbError::io(context(), e))
+}
+
+impl<M: Machine> LmdbStateMachine<M> {
+    /// Opens (creating) the state machine in `dir`: the live environment named by
+    /// `CURRENT`, after removing what an interrupted install or snapshot left behind.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        machine: M,
+        config: SmConfig,
+    ) -> Result<LmdbStateMachine<M>, LmdbError> {
+        let dir = dir.as_ref().to_path_buf();
+        let lock = DirLock::acquire(&dir)?;
+        for sub in ["snapshots", "incoming"] {
+            io(
+                || format!("create {sub} in {}", dir.display()),
+                fs::create_dir_all(dir.join(sub)),
+            )?;
+        }
+        let current_file = dir.join("CURRENT");
+        let name = match fs::read_to_string(&current_file) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let name = "state-000001".to_string();
+                write_current(&dir, &name)?;
+                name
+            }
+            Err(e) => return Err(LmdbError::io(format!("read {}", current_file.display()), e)),
+        };
+        if !name.starts_with("state-") || name.contains('/') {
+            return Err(LmdbError::corrupt(
+                current_file.display().to_string(),
+                format!("names {name:?}"),
+            ));
+        }
+        // Leftovers of an install or a snapshot cut short.
+        for entry in io(|| format!("list {}", dir.display()), fs::read_dir(&dir))?.flatten() {
+            let file = entry.file_name().to_string_lossy().to_string();
+            if file.starts_with("state-") && file != name {
+                tracing::info!(dir = %dir.display(), stale = file, "removing an unfinished or replaced state directory");
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        for sub in ["incoming"] {
+            for entry in io(|| format!("list {sub}"), fs::read_dir(dir.join(sub)))?.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for entry in io(
+            || "list snapshots".to_string(),
+            fs::read_dir(dir.join("snapshots")),
+        )?
+        .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let current = open_current(&dir, &name, &config.env)?;
+        let shared = Arc::new(Shared {
+            dir,
+            config,
+            current: RwLock::new(Arc::new(current)),
+            gate: Arc::new(Gate::default()),
+            counter: AtomicU64::new(0),
+            _lock: lock,
+        });
+        let applier = Worker::start("raft-sm-apply", ())
+            .map_err(|e| LmdbError::io("start the apply thread", e))?;
+        let io_worker = Worker::start("raft-sm-io", ())
+            .map_err(|e| LmdbError::io("start the snapshot I/O thread", e))?;
+        Ok(LmdbStateMachine {
+            shared,
+            machine: Arc::new(machine),
+            applier,
+            io: io_worker,
+        })
+    }
+
+    /// Runs `f` on a read-only view of the current state (for serving reads).
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&View<'_>) -> Result<R, LmdbError>,
+    ) -> Result<R, LmdbError> {
+        let _pass = self.shared.gate.enter();
+        let cur = self.shared.current();
+        let txn = cur.env.read_txn()?;
+        f(&View {
+            txn: &txn,
+            data: cur.data,
+            sessions: cur.sessions,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Bytes the live environment's file takes on disk.
+    pub fn disk_size(&self) -> Result<u64, LmdbError> {
+        Ok(self.shared.current().env.real_disk_size()?)
+    }
+
+    async fn on_applier<R: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Shared, &M) -> Result<R, LmdbError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        let (shared, machine) = (self.shared.clone(), self.machine.clone());
+        finish(
+            operation,
+            self.applier
+                .call(operation, move |_| f(&shared, &machine))
+                .await,
+        )
+    }
+
+    async fn on_io<R: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Shared) -> Result<R, LmdbError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        let shared = self.shared.clone();
+        finish(
+            operation,
+            self.io.call(operation, move |_| f(&shared)).await,
+        )
+    }
+}
+
+fn finish<R>(
+    operation: &'static str,
+    r: Result<Result<R, LmdbError>, crate::WorkerGone>,
+) -> Result<R, StorageError> {
+    match r {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            tracing::error!(operation, error = %e, "state machine storage failed");
+            Err(e.into_storage(operation))
+        }
+        Err(gone) => Err(StorageError::new(operation, gone)),
+    }
+}
+
+fn write_current(dir: &Path, name: &str) -> Result<(), LmdbError> {
+    let tmp = dir.join("CURRENT.tmp");
+    let mut f = io(|| format!("create {}", tmp.display()), File::create(&tmp))?;
+    io(
+        || format!("write {}", tmp.display()),
+        f.write_all(name.as_bytes()).and_then(|_| f.sync_all()),
+    )?;
+    io(
+        || "switch CURRENT".to_string(),
+        fs::rename(&tmp, dir.join("CURRENT")),
+    )?;
+    common::sync_dir(dir)
+}
+
+fn apply_batch<M: Machine>(
+    shared: &Shared,
+    machine: &M,
+    entries: &[Entry],
+) -> Result<Vec<Bytes>, LmdbError> {
+    let cur = shared.current();
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let attempt = (|| {
+            let mut txn = cur.env.write_txn()?;
+            let applied = {
+                let frame = cur
+                    .meta
+                    .get(&txn, "applied")?
+                    .map(|raw| common::unseal(raw, &|| "applied id".into()).map(<[u8]>::to_vec));
+                match frame {
+                    Some(f) => decode_frame::<LogId>(&f?)
+                        .map_err(|e| LmdbError::corrupt("applied id", e.to_string()))?,
+                    None => LogId::ZERO,
+                }
+            };
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                if e.log_id.index <= applied.index {
+                    return Err(LmdbError::Invalid(format!(
+                        "entry {:?} is at or before the applied entry {applied:?}",
+                        e.log_id
+                    )));
+                }
+                out.push(match &e.payload {
+                    EntryPayload::Command(c) => {
+                        let mut cx = ApplyContext {
+                            txn: &mut txn,
+                            data: cur.data,
+                            sessions: cur.sessions,
+                            log_id: e.log_id,
+                        };
+                        machine.apply(&mut cx, c)?
+                    }
+                    EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
+                });
+            }
+            if let Some(last) = entries.last() {
+                cur.meta.put(&mut txn, "applied", &sealed(&last.log_id)?)?;
+            }
+            txn.commit()?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(out) => return Ok(out),
+            Err(LmdbError::Heed(e)) if common::is_map_full(&e) => {
+                if !shared
+                    .gate
+                    .exclusive(|| common::grow(&cur.env, &shared.config.env))?
+                {
+                    return Err(LmdbError::MapFull {
+                        path: cur.env.path().to_path_buf(),
+                        max: shared.config.env.max_map_size,
+                    });
+                }
+            }
+            Err(e)
+                if e.is_disk_full() && started.elapsed() < shared.config.env.disk_full_patience =>
+            {
+                tracing::error!(error = %e, "disk full: waiting for space before applying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Streams a read transaction into a snapshot file; runs on its own thread.
+fn write_snapshot(
+    shared: &Shared,
+    cur: &Current,
+    txn: RoTxn<'static, WithoutTls>,
+    meta: &SnapshotMeta,
+    started: Instant,
+) -> Result<(), LmdbError> {
+    let tmp = shared.snapshot_path(meta.id, "tmp");
+    let file = io(|| format!("create {}", tmp.display()), File::create(&tmp))?;
+    let mut w = SnapshotWriter::new(file)?;
+    let limit = shared.config.max_snapshot_duration;
+    for (table, db) in [(Table::Data, cur.data), (Table::Sessions, cur.sessions)] {
+        for (n, item) in db.iter(&txn)?.enumerate() {
+            let (k, v) = item?;
+            w.record(table, k, v)?;
+            if n % 4096 == 0 && started.elapsed() > limit {
+                return Err(LmdbError::Invalid(format!(
+                    "the snapshot took over {limit:?}; abandoned to bound file growth"
+                )));
+            }
+        }
+    }
+    drop(txn);
+    let (file, size, crc) = w.finish()?;
+    io(|| format!("sync {}", tmp.display()), file.sync_all())?;
+    io(
+        || "publish the snapshot".to_string(),
+        fs::rename(&tmp, shared.snapshot_path(meta.id, "snap")),
+    )?;
+    let record = sealed(&SnapshotFileMeta {
+        meta: meta.clone(),
+        size,
+        crc,
+    })?;
+    let meta_path = shared.snapshot_path(meta.id, "meta");
+    io(
+        || format!("write {}", meta_path.display()),
+        fs::write(&meta_path, record),
+    )?;
+    common::sync_dir(&shared.snapshots())?;
+    prune_snapshots(shared)
+}
+
+/// Every complete snapshot on disk, newest first.
+fn list_snapshots(shared: &Shared) -> Result<Vec<SnapshotFileMeta>, LmdbError> {
+    let mut out = Vec::new();
+    for entry in io(
+        || "list snapshots".to_string(),
+        fs::read_dir(shared.snapshots()),
+    )?
+    .flatten()
+    {
+        if entry.path().extension().is_none_or(|e| e != "meta") {
+            continue;
+        }
+        let raw = io(
+            || format!("read {}", entry.path().display()),
+            fs::read(entry.path()),
+        )?;
+        let what = || entry.path().display().to_string();
+        let frame = common::unseal(&raw, &what)?;
+        let meta: SnapshotFileMeta =
+            decode_frame(frame).map_err(|e| LmdbError::corrupt(what(), e.to_string()))?;
+        out.push(meta);
+    }
+    out.sort_by(|a, b| b.meta.last_log_id.cmp(&a.meta.last_log_id));
+    Ok(out)
+}
+
+fn prune_snapshots(shared: &Shared) -> Result<(), LmdbError> {
+    for old in list_snapshots(shared)?
+        .into_iter()
+        .skip(shared.config.keep_snapshots.max(1))
+    {
+        let _ = fs::remove_file(shared.snapshot_path(old.meta.id, "snap"));
+        let _ = fs::remove_file(shared.snapshot_path(old.meta.id, "meta"));
+    }
+    Ok(())
+}
+
+fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
+    let part = shared.incoming(meta.id);
+    let bytes = io(|| format!("read {}", part.display()), fs::read(&part))?;
+    let size = snapshot_file::verify(&bytes[..])?;
+    let crc = u32::from_le_bytes(
+        bytes[bytes.len() - 4..]
+            .try_into()
+            .map_err(|_| LmdbError::corrupt("snapshot", "trailer"))?,
+    );
+    // Build the new state in a new directory.
+    let old = shared.current();
+    let n: u64 = old.name.trim_start_matches("state-").parse().unwrap_or(0);
+    let name = format!("state-{:06}", n + 1);
+    let new_dir = shared.dir.join(&name);
+    let _ = fs::remove_dir_all(&new_dir);
+    let next = open_current(&shared.dir, &name, &shared.config.env)?;
+    let mut txn = next.env.write_txn()?;
+    snapshot_file::records(&bytes[..bytes.len() - 4], |table, k, v| {
+        let db = if table == Table::Data {
+            next.data
+        } else {
+            next.sessions
+        };
+        db.put(&mut txn, k, v)?;
+        Ok(())
+    })?;
+    next.meta
+        .put(&mut txn, "applied", &sealed(&meta.last_log_id)?)?;
+    txn.commit()?;
+    next.env.force_sync()?;
+    // Keep the received file as our snapshot, so it can be served to others.
+    let snap = shared.snapshot_path(meta.id, "snap");
+    io(
+        || "keep the received snapshot".to_string(),
+        fs::rename(&part, &snap),
+    )?;
+    let record = sealed(&SnapshotFileMeta {
+        meta: meta.clone(),
+        size,
+        crc,
+    })?;
+    io(
+        || "write snapshot meta".to_string(),
+        fs::write(shared.snapshot_path(meta.id, "meta"), record),
+    )?;
+    common::sync_dir(&shared.snapshots())?;
+    // The switch: one atomic rename.
+    write_current(&shared.dir, &name)?;
+    *shared
+        .current
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    let _ = fs::remove_dir_all(shared.dir.join(&old.name));
+    prune_snapshots(shared)?;
+    tracing::info!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "installed a snapshot");
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl<M: Machine> StateMachine for LmdbStateMachine<M> {
+    async fn state(&self) -> Result<MachineState, StorageError> {
+        self.on_applier("read the state machine's state", |shared, _| {
+            let cur = shared.current();
+            let txn = cur.env.read_txn()?;
+            let applied = read_applied(&cur, &txn)?;
+            let snapshot = list_snapshots(shared)?.into_iter().next().map(|s| s.meta);
+            Ok(MachineState { applied, snapshot })
+        })
+        .await
+    }
+
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
+        let entries = entries.to_vec();
+        self.on_applier("apply", move |shared, machine| {
+            apply_batch(shared, machine, &entries)
+        })
+        .await
+    }
+
+    fn begin_snapshot(&self, mut meta: SnapshotMeta) -> SnapshotTask {
+        let shared = self.shared.clone();
+        // The capture: a read transaction opened now, in action order.
+        let pass = shared.gate.enter();
+        let cur = shared.current();
+        let started = Instant::now();
+        let txn = match cur.env.clone().static_read_txn() {
+            Ok(t) => t,
+            Err(e) => {
+                return futures::future::ready(Err(
+                    LmdbError::from(e).into_storage("begin a snapshot")
+                ))
+                .boxed();
+            }
+        };
+        match read_applied(&cur, &txn) {
+            Ok(applied) if applied == meta.last_log_id => {}
+            Ok(applied) => {
+                let e = LmdbError::Invalid(format!(
+                    "snapshot asked at {:?} but {applied:?} is applied",
+                    meta.last_log_id
+                ));
+                return futures::future::ready(Err(e.into_storage("begin a snapshot"))).boxed();
+            }
+            Err(e) => {
+                return futures::future::ready(Err(e.into_storage("begin a snapshot"))).boxed();
+            }
+        }
+        let n = shared.counter.fetch_add(1, Ordering::Relaxed);
+        meta.id = std::hash::RandomState::new().hash_one((n, started)) | 1;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                let r = write_snapshot(&shared, &cur, txn, &meta, started).map(|()| meta);
+                drop(pass);
+                let _ = tx.send(r);
+            });
+        async move {
+            spawned.map_err(|e| StorageError::new("begin a snapshot", e))?;
+            match rx.await {
+                Ok(Ok(meta)) => Ok(meta),
+                Ok(Err(e)) => Err(e.into_storage("write a snapshot")),
+                Err(_) => Err(StorageError::new(
+                    "write a snapshot",
+                    "the snapshot thread died",
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    async fn read_snapshot(
+        &self,
+        id: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(Bytes, bool)>, StorageError> {
+        self.on_io("read a snapshot chunk", move |shared| {
+            let path = shared.snapshot_path(id, "snap");
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(LmdbError::io(format!("open {}", path.display()), e)),
+            };
+            let size = io(|| format!("stat {}", path.display()), file.metadata())?.len();
+            let start = offset.min(size);
+            let n = usize::try_from((size - start).min(len as u64)).unwrap_or(len);
+            let mut buf = vec![0; n];
+            io(
+                || format!("read {}", path.display()),
+                file.read_exact_at(&mut buf, start),
+            )?;
+            Ok(Some((Bytes::from(buf), start + n as u64 >= size)))
+        })
+        .await
+    }
+
+    async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let id = meta.id;
+        self.on_io("receive a snapshot chunk", move |shared| {
+            let path = shared.incoming(id);
+            let mut file = if offset == 0 {
+                for entry in fs::read_dir(path.parent().unwrap_or(&shared.dir))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+                io(|| format!("create {}", path.display()), File::create(&path))?
+            } else {
+                io(
+                    || format!("open {}", path.display()),
+                    OpenOptions::new().append(true).open(&path),
+                )?
+            };
+            let len = io(|| format!("stat {}", path.display()), file.metadata())?.len();
+            if len != offset {
+                return Err(LmdbError::Invalid(format!(
+                    "chunk at {offset} of snapshot {id:x}, but {len} bytes are stored"
+                )));
+            }
+            io(
+                || format!("write {}", path.display()),
+                file.write_all(&data),
+            )
+        })
+        .await
+    }
+
+    async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let meta = meta.clone();
+        self.on_applier("install a snapshot", move |shared, _| {
+            // Readers may hold the old environment open; the switch waits for none.
+            install(shared, &meta)
+        })
+        .await
+    }
+}
