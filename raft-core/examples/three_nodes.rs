@@ -68,10 +68,11 @@ impl Cluster {
             let Some((from, to, msg)) = self.wire.pop_front() else {
                 break;
             };
-            if !self.down.contains(&from) && !self.down.contains(&to) {
-                if let Some(raft) = self.nodes.get_mut(&to) {
-                    raft.step(from, msg);
-                }
+            if !self.down.contains(&from)
+                && !self.down.contains(&to)
+                && let Some(raft) = self.nodes.get_mut(&to)
+            {
+                raft.step(from, msg);
             }
         }
     }

@@ -383,11 +383,11 @@ impl Raft {
             tracing::warn!(node = %self.id, kind = message.kind(), "dropping a message from myself");
             return;
         }
-        if let Some(term) = message.term() {
-            if !self.step_term(from, term, &message) {
-                self.check_invariants();
-                return;
-            }
+        if let Some(term) = message.term()
+            && !self.step_term(from, term, &message)
+        {
+            self.check_invariants();
+            return;
         }
         match message {
             Message::VoteRequest(m) => self.handle_vote_request(from, m),

@@ -133,13 +133,11 @@ impl Cluster {
                 if let Some(l) = ms
                     .iter()
                     .find(|m| m.role == Role::Leader && Some(m.id) != not)
-                {
-                    if ms
+                    && ms
                         .iter()
                         .all(|m| m.term == l.term && m.leader == Some(l.id))
-                    {
-                        return l.id;
-                    }
+                {
+                    return l.id;
                 }
                 self.rt.sleep(Duration::from_millis(5)).await;
             }

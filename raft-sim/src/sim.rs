@@ -1403,10 +1403,10 @@ impl World {
             FaultKind::Membership => self.membership_change()?,
             FaultKind::Snapshot => {
                 let node = self.rng.range(0, n as u64) as usize;
-                if let Some(raft) = &mut self.nodes[node].raft {
-                    if raft.trigger_snapshot() {
-                        self.log(|| format!("snapshot asked of node {node}"));
-                    }
+                if let Some(raft) = &mut self.nodes[node].raft
+                    && raft.trigger_snapshot()
+                {
+                    self.log(|| format!("snapshot asked of node {node}"));
                 }
                 self.drive(node)?;
                 self.check_node(node)?;
@@ -1621,10 +1621,10 @@ impl World {
                 ConfChange::Remove(_) => "remove a node",
             };
             *self.stats.faults_by_kind.entry(what).or_default() += 1;
-            if let ConfChange::AddLearner(id) = change {
-                if let Some(i) = self.index_of(id) {
-                    self.ever_member[i] = true;
-                }
+            if let ConfChange::AddLearner(id) = change
+                && let Some(i) = self.index_of(id)
+            {
+                self.ever_member[i] = true;
             }
         }
         self.drive(l)?;

@@ -553,7 +553,7 @@ fn list_snapshots(shared: &Shared) -> Result<Vec<SnapshotFileMeta>, LmdbError> {
             decode_frame(frame).map_err(|e| LmdbError::corrupt(what(), e.to_string()))?;
         out.push(meta);
     }
-    out.sort_by(|a, b| b.meta.last_log_id.cmp(&a.meta.last_log_id));
+    out.sort_by_key(|m| std::cmp::Reverse(m.meta.last_log_id));
     Ok(out)
 }
 

@@ -21,19 +21,19 @@ impl LeaderAppendOnly {
         }
         let log = raft.log();
         let last = log.last_log_id();
-        if let Some(&(term, before)) = self.seen.get(&raft.id()) {
-            if term == raft.term() {
-                let still_there =
-                    before.index < log.first_index() || log.term(before.index) == Some(before.term);
-                if last.index < before.index || !still_there {
-                    return violation(
-                        "Leader Append-Only",
-                        format!(
-                            "leader {} of term {term} had {before:?}, now its log ends at {last:?}",
-                            raft.id()
-                        ),
-                    );
-                }
+        if let Some(&(term, before)) = self.seen.get(&raft.id())
+            && term == raft.term()
+        {
+            let still_there =
+                before.index < log.first_index() || log.term(before.index) == Some(before.term);
+            if last.index < before.index || !still_there {
+                return violation(
+                    "Leader Append-Only",
+                    format!(
+                        "leader {} of term {term} had {before:?}, now its log ends at {last:?}",
+                        raft.id()
+                    ),
+                );
             }
         }
         self.seen.insert(raft.id(), (raft.term(), last));

@@ -27,17 +27,18 @@ impl MembershipSafety {
             }
             self.changes += 1;
             let key = raft.id();
-            if let Some(&(term, previous)) = self.last_config.get(&key) {
-                if term == raft.term() && previous > raft.log().committed() {
-                    return violation(
-                        "One membership change at a time",
-                        format!(
-                            "leader {key} appends configuration {:?} while its previous one at {previous:?} is uncommitted (commit {:?})",
-                            e.log_id,
-                            raft.log().committed()
-                        ),
-                    );
-                }
+            if let Some(&(term, previous)) = self.last_config.get(&key)
+                && term == raft.term()
+                && previous > raft.log().committed()
+            {
+                return violation(
+                    "One membership change at a time",
+                    format!(
+                        "leader {key} appends configuration {:?} while its previous one at {previous:?} is uncommitted (commit {:?})",
+                        e.log_id,
+                        raft.log().committed()
+                    ),
+                );
             }
             self.last_config.insert(key, (raft.term(), e.log_id.index));
         }
