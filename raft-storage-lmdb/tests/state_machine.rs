@@ -95,3 +95,44 @@ fn applied_state_and_data_survive_a_restart_together() {
         futures::executor::block_on(sm.apply(&[entry(2, kv_command("append", "x", "2"))])).is_err()
     );
 }
+
+#[test]
+fn an_install_cut_short_before_the_switch_leaves_the_old_state() {
+    // A crash during an install leaves a half-built state directory and a partial
+    // incoming file, with CURRENT still naming the old state: reopening keeps the old
+    // state and removes the leftovers.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let sm = LmdbStateMachine::open(dir.path(), Kv, SmConfig::default()).unwrap();
+        futures::executor::block_on(sm.apply(&[entry(1, kv_command("put", "x", "old"))])).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::fs::create_dir_all(dir.path().join("state-000002")).unwrap();
+    std::fs::write(
+        dir.path().join("state-000002").join("data.mdb"),
+        b"half-built",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("incoming").join("00000000000000ab.part"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("CURRENT.tmp"), b"state-000002").unwrap();
+    let sm = LmdbStateMachine::open(dir.path(), Kv, SmConfig::default()).unwrap();
+    let value = sm
+        .read(|v| Ok(v.data.get(v.txn, b"x")?.map(<[u8]>::to_vec)))
+        .unwrap();
+    assert_eq!(value.as_deref(), Some(&b"old"[..]), "the old state is live");
+    assert!(
+        !dir.path().join("state-000002").exists(),
+        "the half-built state is gone"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("incoming"))
+            .unwrap()
+            .count(),
+        0,
+        "the partial download is gone"
+    );
+}
