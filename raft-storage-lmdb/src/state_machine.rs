@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::hash::BuildHasher;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
@@ -89,6 +89,15 @@ pub struct SmConfig {
     pub max_snapshot_duration: Duration,
     /// Snapshots kept on disk (the newest; older ones may be mid-transfer).
     pub keep_snapshots: usize,
+    /// A snapshot file being written is written back to the disk every this many
+    /// bytes (default 256 KiB), in small steps rather than one burst at the end that
+    /// stalls the log's commits behind it.
+    pub snapshot_sync_bytes: u64,
+    /// The most bytes per second a snapshot file is written at (default 100 MiB/s;
+    /// `None`: as fast as it can), leaving the disk to log commits meanwhile. With both
+    /// defaults, write p99 during a 262 MiB snapshot stayed within 1.5x of p99 without
+    /// one here; unpaced, it was 4-46x.
+    pub snapshot_write_rate: Option<u64>,
 }
 
 impl Default for SmConfig {
@@ -100,6 +109,8 @@ impl Default for SmConfig {
             },
             max_snapshot_duration: Duration::from_secs(600),
             keep_snapshots: 2,
+            snapshot_sync_bytes: 256 << 10,
+            snapshot_write_rate: Some(100 << 20),
         }
     }
 }
@@ -188,6 +199,13 @@ impl Shared {
 
     fn incoming(&self, id: u64) -> PathBuf {
         self.dir.join("incoming").join(format!("{id:016x}.part"))
+    }
+
+    /// A pruned snapshot's file, kept to be overwritten by the next snapshot: writing
+    /// over allocated blocks needs no allocation now and no freeing (and, on a
+    /// filesystem mounted with `discard`, no discards) later.
+    fn spare(&self) -> PathBuf {
+        self.snapshots().join("spare")
     }
 
     fn snapshot_path(&self, id: u64, ext: &str) -> PathBuf {
@@ -308,7 +326,11 @@ impl<M: Machine> LmdbStateMachine<M> {
         )?
         .flatten()
         {
-            if entry.path().extension().is_some_and(|e| e == "tmp") {
+            if entry
+                .path()
+                .extension()
+                .is_some_and(|e| e == "tmp" || e == "del")
+            {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -496,8 +518,14 @@ fn write_snapshot(
     started: Instant,
 ) -> Result<(), LmdbError> {
     let tmp = shared.snapshot_path(meta.id, "tmp");
-    let file = io(|| format!("create {}", tmp.display()), File::create(&tmp))?;
-    let mut w = SnapshotWriter::new(file)?;
+    let file = if fs::rename(shared.spare(), &tmp).is_ok() {
+        // Overwritten from the start; trimmed to size at the end.
+        OpenOptions::new().write(true).open(&tmp)
+    } else {
+        File::create(&tmp)
+    };
+    let file = io(|| format!("create {}", tmp.display()), file)?;
+    let mut w = SnapshotWriter::new(SyncEvery::new(file, &shared.config))?;
     let limit = shared.config.max_snapshot_duration;
     for (table, db) in [(Table::Data, cur.data), (Table::Sessions, cur.sessions)] {
         for (n, item) in db.iter(&txn)?.enumerate() {
@@ -512,7 +540,11 @@ fn write_snapshot(
     }
     drop(txn);
     let (file, size, crc) = w.finish()?;
-    io(|| format!("sync {}", tmp.display()), file.sync_all())?;
+    io(
+        || format!("trim {}", tmp.display()),
+        file.file.set_len(size),
+    )?;
+    io(|| format!("sync {}", tmp.display()), file.file.sync_all())?;
     io(
         || "publish the snapshot".to_string(),
         fs::rename(&tmp, shared.snapshot_path(meta.id, "snap")),
@@ -522,11 +554,7 @@ fn write_snapshot(
         size,
         crc,
     })?;
-    let meta_path = shared.snapshot_path(meta.id, "meta");
-    io(
-        || format!("write {}", meta_path.display()),
-        fs::write(&meta_path, record),
-    )?;
+    write_synced(&shared.snapshot_path(meta.id, "meta"), &record)?;
     common::sync_dir(&shared.snapshots())?;
     prune_snapshots(shared)
 }
@@ -543,10 +571,12 @@ fn list_snapshots(shared: &Shared) -> Result<Vec<SnapshotFileMeta>, LmdbError> {
         if entry.path().extension().is_none_or(|e| e != "meta") {
             continue;
         }
-        let raw = io(
-            || format!("read {}", entry.path().display()),
-            fs::read(entry.path()),
-        )?;
+        let raw = match fs::read(entry.path()) {
+            Ok(raw) => raw,
+            // Pruned while we listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LmdbError::io(format!("read {}", entry.path().display()), e)),
+        };
         let what = || entry.path().display().to_string();
         let frame = common::unseal(&raw, &what)?;
         let meta: SnapshotFileMeta =
@@ -557,15 +587,157 @@ fn list_snapshots(shared: &Shared) -> Result<Vec<SnapshotFileMeta>, LmdbError> {
     Ok(out)
 }
 
+/// Drops all but the newest `keep_snapshots` snapshots. Each one stops being listed at
+/// once (its `.meta` goes, and its `.snap` is renamed, so a reader opening it finds
+/// nothing). The first becomes the spare file the next snapshot overwrites; the bytes
+/// of any other are released in the background, a slice at a time.
 fn prune_snapshots(shared: &Shared) -> Result<(), LmdbError> {
+    let mut doomed = Vec::new();
     for old in list_snapshots(shared)?
         .into_iter()
         .skip(shared.config.keep_snapshots.max(1))
     {
-        let _ = fs::remove_file(shared.snapshot_path(old.meta.id, "snap"));
         let _ = fs::remove_file(shared.snapshot_path(old.meta.id, "meta"));
+        let snap = shared.snapshot_path(old.meta.id, "snap");
+        if !shared.spare().exists() && fs::rename(&snap, shared.spare()).is_ok() {
+            continue;
+        }
+        let del = shared.snapshot_path(old.meta.id, "del");
+        if fs::rename(&snap, &del).is_ok() {
+            doomed.push(del);
+        }
+    }
+    if !doomed.is_empty() {
+        let spawned = std::thread::Builder::new()
+            .name("raft-snapshot-prune".into())
+            .spawn(move || doomed.iter().for_each(|p| remove_gradually(p)));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to delete old snapshots; they stay until the next start");
+        }
     }
     Ok(())
+}
+
+/// Bytes released per step when deleting a snapshot file.
+const DELETE_STEP: u64 = 8 << 20;
+/// The pause between steps.
+const DELETE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Deletes a (large) file by shrinking it a slice at a time, then unlinking it. One
+/// `unlink` of a few hundred MiB frees every extent in one journal commit, which on a
+/// filesystem mounted with `discard` stalled concurrent log commits for ~50 ms.
+fn remove_gradually(path: &Path) {
+    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+        let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        while len > DELETE_STEP {
+            len -= DELETE_STEP;
+            if file.set_len(len).is_err() {
+                break;
+            }
+            std::thread::sleep(DELETE_PAUSE);
+        }
+    }
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
+    }
+}
+
+/// Writes a small file and syncs it (the caller syncs the directory).
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), LmdbError> {
+    let what = || format!("write {}", path.display());
+    let mut f = io(what, File::create(path))?;
+    io(what, f.write_all(bytes))?;
+    io(what, f.sync_all())
+}
+
+/// A file writer that syncs every `snapshot_sync_bytes` and keeps under
+/// `snapshot_write_rate`, so that a snapshot's bytes reach the disk as they are written
+/// instead of in one burst at the end. (One final flush of a few hundred MiB stalled
+/// concurrent log commits for ~70 ms here.)
+struct SyncEvery {
+    file: File,
+    unsynced: u64,
+    written: u64,
+    started: Instant,
+    sync_bytes: u64,
+    rate: Option<u64>,
+}
+
+impl SyncEvery {
+    fn new(file: File, config: &SmConfig) -> SyncEvery {
+        SyncEvery {
+            file,
+            unsynced: 0,
+            written: 0,
+            started: Instant::now(),
+            sync_bytes: config.snapshot_sync_bytes.max(64 << 10),
+            rate: config.snapshot_write_rate.filter(|&r| r > 0),
+        }
+    }
+}
+
+impl SyncEvery {
+    /// Starts writing `len` bytes at `offset` back to the disk, and waits out the
+    /// configured rate.
+    fn write_back(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        start_writeback(&self.file, offset, len)?;
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.written as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for SyncEvery {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Never past the next writeback boundary, so each writeback is one slice.
+        let room = usize::try_from(self.sync_bytes - self.unsynced).unwrap_or(usize::MAX);
+        let n = self.file.write(&buf[..buf.len().min(room.max(1))])?;
+        self.unsynced += n as u64;
+        self.written += n as u64;
+        if self.unsynced >= self.sync_bytes {
+            let (offset, len) = (self.written - self.unsynced, self.unsynced);
+            self.unsynced = 0;
+            self.write_back(offset, len)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Starts the writeback of a file range without waiting for it and without a device
+/// cache flush (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`): the bytes go to the
+/// disk in steps, and the final `fsync` has little left to do. Elsewhere, `fdatasync`.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return file.sync_data();
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed, and
+    // sync_file_range reads no memory of ours.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(file: &File, _offset: u64, _len: u64) -> std::io::Result<()> {
+    file.sync_data()
 }
 
 fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
@@ -609,10 +781,7 @@ fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
         size,
         crc,
     })?;
-    io(
-        || "write snapshot meta".to_string(),
-        fs::write(shared.snapshot_path(meta.id, "meta"), record),
-    )?;
+    write_synced(&shared.snapshot_path(meta.id, "meta"), &record)?;
     common::sync_dir(&shared.snapshots())?;
     // The switch: one atomic rename.
     write_current(&shared.dir, &name)?;
@@ -716,10 +885,19 @@ impl<M: Machine> StateMachine for LmdbStateMachine<M> {
             let start = offset.min(size);
             let n = usize::try_from((size - start).min(len as u64)).unwrap_or(len);
             let mut buf = vec![0; n];
-            io(
-                || format!("read {}", path.display()),
-                file.read_exact_at(&mut buf, start),
-            )?;
+            match file.read_exact_at(&mut buf, start) {
+                Ok(()) => {}
+                // Pruned (and being shrunk) between the open and the read.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(LmdbError::io(format!("read {}", path.display()), e)),
+            }
+            // A pruned file is renamed before it is shrunk or overwritten: if the name
+            // still leads to the file read, the read came before any of that.
+            let opened = io(|| format!("stat {}", path.display()), file.metadata())?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == opened.ino() && now.dev() == opened.dev() => {}
+                _ => return Ok(None),
+            }
             Ok(Some((Bytes::from(buf), start + n as u64 >= size)))
         })
         .await

@@ -136,3 +136,77 @@ fn an_install_cut_short_before_the_switch_leaves_the_old_state() {
         "the partial download is gone"
     );
 }
+
+/// Snapshots beyond `keep_snapshots` stop being served at once; the first pruned file
+/// is kept as the spare the next snapshot overwrites (no allocation, no discard), any
+/// further one is released in the background; every snapshot still reads back whole.
+#[test]
+fn old_snapshots_are_pruned_and_their_space_recycled() {
+    use raft_proto::{Membership, NodeId, SnapshotMeta};
+    let dir = tempfile::tempdir().unwrap();
+    let sm = LmdbStateMachine::open(dir.path(), Kv, SmConfig::default()).unwrap();
+    let value = "v".repeat(1000);
+    let mut ids = Vec::new();
+    futures::executor::block_on(async {
+        for round in 0..5u64 {
+            let entries: Vec<Entry> = (0..200)
+                .map(|i| {
+                    let index = round * 200 + i + 1;
+                    entry(
+                        index,
+                        kv_command("put", &format!("k{i}"), &format!("{round}{value}")),
+                    )
+                })
+                .collect();
+            sm.apply(&entries).await.unwrap();
+            let meta = SnapshotMeta {
+                last_log_id: LogId::new(Term(1), LogIndex((round + 1) * 200)),
+                membership: Membership::voters([NodeId(1)]),
+                id: 0,
+            };
+            let built = sm.begin_snapshot(meta).await.unwrap();
+            ids.push(built.id);
+            // The newest snapshot reads back whole, ending in its checksum.
+            let mut offset = 0;
+            loop {
+                let (bytes, done) = sm
+                    .read_snapshot(built.id, offset, 64 << 10)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                offset += bytes.len() as u64;
+                if done {
+                    break;
+                }
+            }
+            assert!(offset > 200_000, "{offset}");
+        }
+        // Only the newest two are served.
+        for (n, id) in ids.iter().enumerate() {
+            let served = sm.read_snapshot(*id, 0, 16).await.unwrap().is_some();
+            assert_eq!(served, n >= 3, "snapshot {n} (id {id:x})");
+        }
+        let state = sm.state().await.unwrap();
+        assert_eq!(state.snapshot.map(|s| s.id), ids.last().copied());
+    });
+    // Files: two snapshots with their metadata, at most one spare, and nothing else
+    // once the background deletion is done.
+    let snapshots = dir.path().join("snapshots");
+    let mut names: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        names = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.iter().any(|n| n.ends_with(".del")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    names.sort();
+    let snaps = names.iter().filter(|n| n.ends_with(".snap")).count();
+    let metas = names.iter().filter(|n| n.ends_with(".meta")).count();
+    assert_eq!((snaps, metas), (2, 2), "{names:?}");
+    assert!(names.iter().any(|n| n == "spare"), "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
+}

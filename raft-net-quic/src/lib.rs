@@ -1,0 +1,21 @@
+//! QUIC transport for `raft-core` nodes: quinn + rustls (ring only), mutual TLS against a
+//! cluster CA, node identity bound to certificates, snapshots on their own streams.
+//!
+//! ```no_run
+//! # fn demo(config: raft_net_quic::QuicConfig, runtime: std::sync::Arc<dyn quinn::Runtime>) -> Result<(), Box<dyn std::error::Error>> {
+//! let started = raft_net_quic::QuicTransport::start(config, runtime)?;
+//! // Give `started.transport` and `started.incoming` to `raft_core::node::Environment`.
+//! # Ok(()) }
+//! ```
+
+pub mod frame;
+pub mod tls;
+mod transport;
+
+pub use tls::{Identity, PemPair, TlsError};
+pub use transport::{
+    ClientConnection, PeerStats, QuicConfig, QuicError, QuicTransport, Started, connect_client,
+    delay,
+};
+#[cfg(feature = "tokio")]
+pub use transport::{TokioHandle, tokio_runtime};
