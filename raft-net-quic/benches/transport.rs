@@ -81,6 +81,14 @@ async fn pair() -> Pair {
     p
 }
 
+/// The next message; a lost one fails the bench instead of hanging it.
+async fn next(incoming: &mut BoxStream<'static, (NodeId, Message)>) -> Message {
+    match tokio::time::timeout(Duration::from_secs(10), incoming.next()).await {
+        Ok(Some((_, m))) => m,
+        _ => panic!("a message was lost: the bench would measure nothing"),
+    }
+}
+
 fn heartbeat(round: u64) -> Message {
     Message::AppendEntries(AppendEntries {
         term: Term(1),
@@ -127,12 +135,18 @@ fn frames(c: &mut Criterion) {
     g.bench_function("append_128B", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
+                // At most WINDOW frames in flight, so that no queue overflows however
+                // many iterations criterion asks for.
+                const WINDOW: u64 = 65_536;
                 let started = Instant::now();
-                for i in 0..iters {
-                    p.one.send(NodeId(2), append_128(i));
-                }
-                for _ in 0..iters {
-                    p.two_in.next().await.unwrap();
+                let (mut sent, mut received) = (0, 0);
+                while received < iters {
+                    while sent < iters && sent - received < WINDOW {
+                        p.one.send(NodeId(2), append_128(sent));
+                        sent += 1;
+                    }
+                    next(&mut p.two_in).await;
+                    received += 1;
                 }
                 started.elapsed()
             })
@@ -157,9 +171,9 @@ fn round_trip(c: &mut Criterion) {
                 let started = Instant::now();
                 for i in 0..iters {
                     p.one.send(NodeId(2), heartbeat(i));
-                    let (_, m) = p.two_in.next().await.unwrap();
+                    let m = next(&mut p.two_in).await;
                     p.two.send(NodeId(1), m);
-                    p.one_in.next().await.unwrap();
+                    next(&mut p.one_in).await;
                 }
                 started.elapsed()
             })
@@ -210,7 +224,7 @@ fn snapshot(c: &mut Criterion) {
                     });
                     let mut received = 0;
                     while received < TOTAL {
-                        if let (_, Message::InstallSnapshot(m)) = p.two_in.next().await.unwrap() {
+                        if let Message::InstallSnapshot(m) = next(&mut p.two_in).await {
                             received += m.data.len() as u64;
                         }
                     }
