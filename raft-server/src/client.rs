@@ -1,0 +1,532 @@
+//! The Rust client: finds the leader, follows redirects, retries with backoff, and
+//! makes writes exactly-once through a session.
+//!
+//! ```no_run
+//! # async fn demo(identity: raft_net_quic::Identity) -> Result<(), raft_server::ClientError> {
+//! use raft_server::{Client, ClientOptions};
+//! let nodes = vec!["127.0.0.1:7101".parse().unwrap(), "127.0.0.1:7102".parse().unwrap()];
+//! let client = Client::new(nodes, identity, ClientOptions::default())?;
+//! let w = client.put("greeting", "hello").await?;       // committed at log index w.index
+//! let v = client.get("greeting").await?;                // linearizable
+//! # Ok(()) }
+//! ```
+//!
+//! **Errors say whether a write took effect.** [`ClientError::outcome_unknown`] is
+//! true only when a write was sent and no answer came back (timeouts, lost
+//! connections): it may or may not have been applied, and it will not be applied
+//! twice. Every other error means the request did not take effect.
+
+use crate::proto::{
+    self, AdminOp, Consistency, ReadOp, Request, Response, ServerError, SessionRef, Status,
+    WriteOp, Written,
+};
+use raft_net_quic::{ClientConnection, Identity};
+use raft_proto::{Bytes, NodeId};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How a client retries.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The longest a call may take, retries included (default 10 s).
+    pub timeout: Duration,
+    /// The longest one attempt may take (default 3 s).
+    pub attempt_timeout: Duration,
+    /// Backoff between attempts: the first delay, doubling up to the second.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            backoff: (Duration::from_millis(20), Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No answer in time.
+    #[error("{} after {elapsed:?} (last error: {last_error})", if *.outcome_unknown { "no answer; the write may or may not have taken effect" } else { "timed out; nothing was changed" })]
+    Timeout {
+        /// How long the call took.
+        elapsed: Duration,
+        /// A write was sent and may have been applied (it is never applied twice).
+        outcome_unknown: bool,
+        /// The last thing that went wrong.
+        last_error: String,
+    },
+    /// The server refused the request; it did not take effect.
+    #[error("refused: {0}")]
+    Refused(ServerError),
+    /// The session expired while the write was being retried: it may have been
+    /// applied before the expiry (if `outcome_unknown`). New calls open a new session.
+    #[error("the session expired{}", if *.outcome_unknown { "; the write may or may not have taken effect" } else { "" })]
+    SessionExpired {
+        /// Whether an earlier attempt may have been applied.
+        outcome_unknown: bool,
+    },
+    /// A node could not be reached (for requests sent to one node, like a status).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The client's own setup is wrong (no endpoints, bad certificate).
+    #[error("client setup: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// Whether the request may have taken effect.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout {
+                outcome_unknown: true,
+                ..
+            } | ClientError::SessionExpired {
+                outcome_unknown: true
+            }
+        )
+    }
+}
+
+struct SessionState {
+    client_id: u64,
+    next_seq: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+struct Inner {
+    endpoints: Vec<SocketAddr>,
+    identity: Identity,
+    options: ClientOptions,
+    /// The connection in use, and where it goes.
+    conn: tokio::sync::Mutex<Option<(SocketAddr, ClientConnection)>>,
+    /// Where to send next (the leader, when known).
+    target: Mutex<SocketAddr>,
+    session: tokio::sync::Mutex<Option<Arc<Mutex<SessionState>>>>,
+    rotate: Mutex<usize>,
+}
+
+/// A client of a KV cluster. Cheap to clone; clones share the connection and session,
+/// and calls may run concurrently.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Attempt {
+    /// Never reached the server: the request was not sent.
+    NotSent(String),
+    /// Sent, no answer: it may have been processed.
+    Lost(String),
+    Answer(Response),
+}
+
+impl Client {
+    /// A client for the cluster whose nodes are at `endpoints` (any subset with at
+    /// least one live node). Connects lazily. Must be used inside a tokio runtime.
+    pub fn new(
+        endpoints: Vec<SocketAddr>,
+        identity: Identity,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let first = *endpoints
+            .first()
+            .ok_or_else(|| ClientError::Setup("no node addresses given".into()))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                identity,
+                options,
+                conn: tokio::sync::Mutex::new(None),
+                target: Mutex::new(first),
+                session: tokio::sync::Mutex::new(None),
+                rotate: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// Sets `key` to `value`; returns the commit index and the previous value.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<Written, ClientError> {
+        self.write(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// Removes `key`; returns the commit index and the previous value.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Written, ClientError> {
+        self.write(WriteOp::Delete { key: key.into() }).await
+    }
+
+    /// Sets `key` to `new` if its value is `expected` (`None`: absent).
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<Written, ClientError> {
+        self.write(WriteOp::Cas {
+            key: key.into(),
+            expected,
+            new,
+        })
+        .await
+    }
+
+    /// Appends `value` to `key`'s value.
+    pub async fn append(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<Written, ClientError> {
+        self.write(WriteOp::Append {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// A linearizable read of `key`.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// A read of `key` with the given consistency.
+    pub async fn get_with(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let request = Request::Read {
+            op: ReadOp::Get { key: key.into() },
+            consistency,
+        };
+        match self.call(&request, false).await? {
+            Response::Value { value } => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Keys in `[start, end)` in order, at most `limit` (capped by the server); and
+    /// whether more were left out.
+    pub async fn scan(
+        &self,
+        start: impl Into<Bytes>,
+        end: Option<Bytes>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        let request = Request::Read {
+            op: ReadOp::Scan {
+                start: start.into(),
+                end,
+                limit,
+            },
+            consistency,
+        };
+        match self.call(&request, false).await? {
+            Response::Scanned { items, more } => Ok((items, more)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of the node at `node` (no redirect), within one attempt timeout.
+    pub async fn status_of(&self, node: SocketAddr) -> Result<Status, ClientError> {
+        let frame = encode(&Request::Admin(AdminOp::Status))?;
+        let identity = self.inner.identity.clone();
+        let ask = async move {
+            let conn = raft_net_quic::connect_client(&identity, node, runtime()?)
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let answer = exchange(&conn.connection, &frame).await;
+            conn.connection.close(0u32.into(), b"done");
+            match answer {
+                Attempt::Answer(Response::Status(s)) => Ok(s),
+                Attempt::Answer(other) => Err(unexpected(other)),
+                Attempt::NotSent(e) | Attempt::Lost(e) => Err(ClientError::Unreachable(e)),
+            }
+        };
+        let wait = self.inner.options.attempt_timeout;
+        tokio::time::timeout(wait, ask).await.unwrap_or_else(|_| {
+            Err(ClientError::Unreachable(format!(
+                "no answer from {node} within {wait:?}"
+            )))
+        })
+    }
+
+    /// Runs an admin operation on the leader (`Snapshot` and `Status` on whichever
+    /// node answers).
+    pub async fn admin(&self, op: AdminOp) -> Result<Response, ClientError> {
+        self.call(&Request::Admin(op), true).await
+    }
+
+    /// Adds node `id` at `addr` as a learner.
+    pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), ClientError> {
+        self.admin(AdminOp::AddLearner {
+            id,
+            addr: addr.to_string(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(AdminOp::Promote { id }).await.map(drop)
+    }
+
+    /// Removes node `id`.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(AdminOp::Remove { id }).await.map(drop)
+    }
+
+    /// Hands leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        self.admin(AdminOp::TransferLeader { to }).await.map(drop)
+    }
+
+    /// The session's id (opening one if needed).
+    pub async fn session_id(&self) -> Result<u64, ClientError> {
+        let s = self.session().await?;
+        Ok(lock(&s).client_id)
+    }
+
+    async fn session(&self) -> Result<Arc<Mutex<SessionState>>, ClientError> {
+        let mut guard = self.inner.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        // A retried registration may open a second session; the unused one expires.
+        let client_id = match self.call(&Request::Register, true).await? {
+            Response::Registered { client_id } => client_id,
+            other => return Err(unexpected(other)),
+        };
+        let s = Arc::new(Mutex::new(SessionState {
+            client_id,
+            next_seq: 1,
+            outstanding: BTreeSet::new(),
+        }));
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// A write in the session: numbered once, retried with the same number until it
+    /// gets an answer or the call times out.
+    pub async fn write(&self, op: WriteOp) -> Result<Written, ClientError> {
+        let session = self.session().await?;
+        let (client_id, seq) = {
+            let mut s = lock(&session);
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.outstanding.insert(seq);
+            (s.client_id, seq)
+        };
+        let acked_below = lock(&session).outstanding.first().copied().unwrap_or(seq);
+        let request = Request::Write {
+            session: Some(SessionRef {
+                client_id,
+                seq,
+                acked_below,
+            }),
+            op,
+        };
+        let result = self.call(&request, true).await;
+        let result = match result {
+            Ok(Response::Written(w)) => Ok(w),
+            Ok(other) => Err(unexpected(other)),
+            Err(
+                e @ (ClientError::Refused(ServerError::SessionExpired(_))
+                | ClientError::SessionExpired { .. }),
+            ) => {
+                // This session is gone; the next call opens another.
+                let mut guard = self.inner.session.lock().await;
+                if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                    *guard = None;
+                }
+                let outcome_unknown = e.outcome_unknown();
+                Err(ClientError::SessionExpired { outcome_unknown })
+            }
+            Err(e) => Err(e),
+        };
+        // Answered (or given up on): no retry will use this number again.
+        lock(&session).outstanding.remove(&seq);
+        result
+    }
+
+    /// Sends `request` until it gets an answer that is not a redirect, or the call
+    /// times out.
+    async fn call(&self, request: &Request, is_write: bool) -> Result<Response, ClientError> {
+        let frame = encode(request)?;
+        let o = &self.inner.options;
+        let started = Instant::now();
+        let mut backoff = o.backoff.0;
+        let mut sent = false;
+        let mut last_error = String::from("none");
+        loop {
+            if started.elapsed() >= o.timeout {
+                return Err(ClientError::Timeout {
+                    elapsed: started.elapsed(),
+                    outcome_unknown: is_write && sent,
+                    last_error,
+                });
+            }
+            let target = *lock(&self.inner.target);
+            let attempt =
+                tokio::time::timeout(o.attempt_timeout, self.attempt(target, &frame)).await;
+            let redirect_now = match attempt {
+                Err(_) => {
+                    sent = true;
+                    last_error = format!("no answer from {target} within {:?}", o.attempt_timeout);
+                    self.drop_connection(target).await;
+                    self.next_target();
+                    false
+                }
+                Ok(Attempt::NotSent(e)) => {
+                    last_error = format!("{target}: {e}");
+                    self.drop_connection(target).await;
+                    self.next_target();
+                    false
+                }
+                Ok(Attempt::Lost(e)) => {
+                    sent = true;
+                    last_error = format!("{target}: {e}");
+                    self.drop_connection(target).await;
+                    self.next_target();
+                    false
+                }
+                Ok(Attempt::Answer(Response::Error(e))) => match e {
+                    ServerError::NotLeader { ref addr, .. } => {
+                        last_error = e.to_string();
+                        match addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                            Some(leader) if leader != target => {
+                                *lock(&self.inner.target) = leader;
+                                true
+                            }
+                            _ => {
+                                self.next_target();
+                                false
+                            }
+                        }
+                    }
+                    ServerError::Unknown(ref detail) => {
+                        sent = true;
+                        last_error = detail.clone();
+                        self.next_target();
+                        false
+                    }
+                    ServerError::Busy(ref detail) => {
+                        last_error = detail.clone();
+                        false
+                    }
+                    other => {
+                        if matches!(other, ServerError::SessionExpired(_)) && sent {
+                            return Err(ClientError::SessionExpired {
+                                outcome_unknown: true,
+                            });
+                        }
+                        return Err(ClientError::Refused(other));
+                    }
+                },
+                Ok(Attempt::Answer(r)) => return Ok(r),
+            };
+            if !redirect_now {
+                let left = o.timeout.saturating_sub(started.elapsed());
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(o.backoff.1);
+            }
+        }
+    }
+
+    fn next_target(&self) {
+        let mut r = lock(&self.inner.rotate);
+        *r = (*r + 1) % self.inner.endpoints.len();
+        *lock(&self.inner.target) = self.inner.endpoints[*r];
+    }
+
+    async fn drop_connection(&self, addr: SocketAddr) {
+        let mut conn = self.inner.conn.lock().await;
+        if conn.as_ref().is_some_and(|(a, _)| *a == addr)
+            && let Some((_, c)) = conn.take()
+        {
+            c.connection.close(0u32.into(), b"retrying elsewhere");
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let mut conn = self.inner.conn.lock().await;
+        if let Some((a, c)) = conn.as_ref()
+            && *a == addr
+            && c.connection.close_reason().is_none()
+        {
+            return Ok(c.connection.clone());
+        }
+        let rt = runtime().map_err(|e| e.to_string())?;
+        let c = raft_net_quic::connect_client(&self.inner.identity, addr, rt)
+            .await
+            .map_err(|e| e.to_string())?;
+        let connection = c.connection.clone();
+        if let Some((_, old)) = conn.replace((addr, c)) {
+            old.connection.close(0u32.into(), b"moved");
+        }
+        Ok(connection)
+    }
+
+    async fn attempt(&self, addr: SocketAddr, frame: &[u8]) -> Attempt {
+        match self.connection(addr).await {
+            Ok(conn) => exchange(&conn, frame).await,
+            Err(e) => Attempt::NotSent(e),
+        }
+    }
+}
+
+/// One request on its own stream of `conn`.
+async fn exchange(conn: &quinn::Connection, frame: &[u8]) -> Attempt {
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return Attempt::NotSent(e.to_string()),
+    };
+    if let Err(e) = send.write_all(frame).await {
+        return Attempt::Lost(e.to_string());
+    }
+    let _ = send.finish();
+    match proto::read_frame(&mut recv).await {
+        Ok(body) => match proto::decode::<Response>(&body) {
+            Ok(r) => Attempt::Answer(r),
+            Err(e) => Attempt::Lost(format!("undecodable response: {e}")),
+        },
+        Err(e) => Attempt::Lost(e),
+    }
+}
+
+fn encode(request: &Request) -> Result<Vec<u8>, ClientError> {
+    proto::encode(request)
+        .map_err(|e| ClientError::Setup(format!("cannot encode the request: {e}")))
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Error(e) => ClientError::Refused(e),
+        other => ClientError::Refused(ServerError::Failed(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+fn runtime() -> Result<Arc<dyn quinn::Runtime>, ClientError> {
+    raft_net_quic::tokio_runtime()
+        .ok_or_else(|| ClientError::Setup("the client must run inside a tokio runtime".into()))
+}

@@ -1,0 +1,350 @@
+//! A node's configuration: from a TOML file or from flags, validated before anything
+//! starts.
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7101"          # QUIC: peers and clients
+//! peers = ["2=127.0.0.1:7102", "3=127.0.0.1:7103"]
+//! data_dir = "raft-dev/node1"
+//! ca = "raft-dev/certs/ca.crt"
+//! cert = "raft-dev/certs/node1.crt"
+//! key = "raft-dev/certs/node1.key"
+//! metrics = "127.0.0.1:9101"         # optional: /metrics and /health over HTTP
+//! ```
+
+use raft_proto::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A node's configuration as written in its file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's id (not 0).
+    pub id: u64,
+    /// The UDP address for QUIC, shared by peers and clients.
+    pub listen: String,
+    /// The other founding members, `ID=HOST:PORT` (more nodes join through
+    /// `cluster add-learner`).
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Start empty and wait to be added to an existing cluster (instead of founding one
+    /// with `peers`).
+    #[serde(default)]
+    pub join: bool,
+    /// Where the log and the state machine live.
+    pub data_dir: PathBuf,
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), naming `node-<id>.raft`.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Where to serve `/metrics` and `/health` over HTTP.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// The largest key accepted, bytes.
+    #[serde(default = "defaults::max_key_bytes")]
+    pub max_key_bytes: u64,
+    /// The largest value accepted, bytes.
+    #[serde(default = "defaults::max_value_bytes")]
+    pub max_value_bytes: u64,
+    /// A client session expires after this long without a request.
+    #[serde(default = "defaults::session_ttl_secs")]
+    pub session_ttl_secs: u64,
+    /// One Raft tick (election timeout: 10-20 ticks).
+    #[serde(default = "defaults::tick_ms")]
+    pub tick_ms: u64,
+    /// Client writes in flight on this node before new ones are refused as busy.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: u64,
+    /// How long a client request may take on the server before it answers "outcome
+    /// unknown".
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Take a snapshot (and compact the log) every this many applied entries.
+    #[serde(default = "defaults::snapshot_entries")]
+    pub snapshot_entries: u64,
+}
+
+mod defaults {
+    pub(super) fn max_key_bytes() -> u64 {
+        4096
+    }
+    pub(super) fn max_value_bytes() -> u64 {
+        1 << 20
+    }
+    pub(super) fn session_ttl_secs() -> u64 {
+        3600
+    }
+    pub(super) fn tick_ms() -> u64 {
+        10
+    }
+    pub(super) fn max_in_flight() -> u64 {
+        8192
+    }
+    pub(super) fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub(super) fn snapshot_entries() -> u64 {
+        20_000
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with every default, for the given identity and paths.
+    pub fn new(id: u64, listen: &str, data_dir: &Path, certs: &Path) -> ServerConfig {
+        ServerConfig {
+            id,
+            listen: listen.to_string(),
+            peers: Vec::new(),
+            join: false,
+            data_dir: data_dir.to_path_buf(),
+            ca: certs.join("ca.crt"),
+            cert: certs.join(format!("node{id}.crt")),
+            key: certs.join(format!("node{id}.key")),
+            metrics: None,
+            max_key_bytes: defaults::max_key_bytes(),
+            max_value_bytes: defaults::max_value_bytes(),
+            session_ttl_secs: defaults::session_ttl_secs(),
+            tick_ms: defaults::tick_ms(),
+            max_in_flight: defaults::max_in_flight(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            snapshot_entries: defaults::snapshot_entries(),
+        }
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks everything that can be checked before starting.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::Invalid("id must not be 0".into()));
+        }
+        let id = NodeId(self.id);
+        let listen = resolve(&self.listen).map_err(|detail| ConfigError::Address {
+            what: "listen".into(),
+            addr: self.listen.clone(),
+            detail,
+        })?;
+        let mut peers = BTreeMap::new();
+        for spec in &self.peers {
+            let (pid, addr) = parse_peer(spec)?;
+            if pid == id {
+                return Err(ConfigError::Invalid(format!(
+                    "peer {spec:?} has this node's own id {id}; list only the other nodes"
+                )));
+            }
+            if peers.insert(pid, addr).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "node {pid} is listed twice in peers"
+                )));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        seen.insert(listen, id);
+        for (&pid, &addr) in &peers {
+            if let Some(other) = seen.insert(addr, pid) {
+                return Err(ConfigError::Invalid(format!(
+                    "nodes {other} and {pid} share the address {addr}"
+                )));
+            }
+        }
+        if self.join && !peers.is_empty() {
+            tracing::info!(
+                "join = true: the peers are used only to reach the cluster, not as founding members"
+            );
+        }
+        for (what, v) in [
+            ("max_key_bytes", self.max_key_bytes),
+            ("max_value_bytes", self.max_value_bytes),
+            ("session_ttl_secs", self.session_ttl_secs),
+            ("tick_ms", self.tick_ms),
+            ("max_in_flight", self.max_in_flight),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{what} must be more than 0")));
+            }
+        }
+        if self.max_key_bytes > 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "max_key_bytes is {}; at most 4096 is supported",
+                self.max_key_bytes
+            )));
+        }
+        if self.max_value_bytes > 64 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "max_value_bytes is {}; at most 64 MiB is supported",
+                self.max_value_bytes
+            )));
+        }
+        let metrics = match &self.metrics {
+            Some(m) => Some(resolve(m).map_err(|detail| ConfigError::Address {
+                what: "metrics".into(),
+                addr: m.clone(),
+                detail,
+            })?),
+            None => None,
+        };
+        Ok(Validated {
+            id,
+            listen,
+            peers,
+            metrics,
+            config: self.clone(),
+        })
+    }
+
+    /// One Raft tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// A configuration that passed [`ServerConfig::validate`].
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// This node.
+    pub id: NodeId,
+    /// Its QUIC address.
+    pub listen: SocketAddr,
+    /// The other founding members.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// The file's settings.
+    pub config: ServerConfig,
+}
+
+/// Parses `ID=HOST:PORT`.
+pub fn parse_peer(spec: &str) -> Result<(NodeId, SocketAddr), ConfigError> {
+    let bad = |detail: &str| {
+        ConfigError::Invalid(format!(
+            "peer {spec:?}: {detail} (expected ID=HOST:PORT, e.g. 2=10.0.0.2:7101)"
+        ))
+    };
+    let (id, addr) = spec.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| bad("the id is not a number"))?;
+    if id == 0 {
+        return Err(bad("the id must not be 0"));
+    }
+    let addr = resolve(addr.trim()).map_err(|d| bad(&d))?;
+    Ok((NodeId(id), addr))
+}
+
+/// Resolves `HOST:PORT` to one socket address.
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_string())
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read or parsed.
+    #[error("config file {path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An address is malformed or cannot be resolved.
+    #[error("{what} address {addr:?}: {detail}")]
+    Address {
+        /// Which setting.
+        what: String,
+        /// The address given.
+        addr: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A setting is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServerConfig {
+        let mut c = ServerConfig::new(1, "127.0.0.1:7101", Path::new("d"), Path::new("c"));
+        c.peers = vec!["2=127.0.0.1:7102".into(), "3=127.0.0.1:7103".into()];
+        c
+    }
+
+    #[test]
+    fn a_valid_config_round_trips_through_toml() {
+        let c = config();
+        let parsed: ServerConfig = toml::from_str(&c.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed, c);
+        let v = c.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.peers.len(), 2);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        type Breakage = fn(&mut ServerConfig);
+        let cases: Vec<(Breakage, &str)> = vec![
+            (|c| c.peers.push("2=127.0.0.1:7104".into()), "listed twice"),
+            (|c| c.peers.push("1=127.0.0.1:7104".into()), "own id"),
+            (
+                |c| c.peers.push("4=127.0.0.1:7102".into()),
+                "share the address",
+            ),
+            (|c| c.peers.push("x=127.0.0.1:7104".into()), "not a number"),
+            (|c| c.peers.push("4:127.0.0.1".into()), "no '='"),
+            (|c| c.id = 0, "must not be 0"),
+            (|c| c.listen = "nowhere".into(), "listen address"),
+            (|c| c.max_key_bytes = 10_000, "at most 4096"),
+            (|c| c.tick_ms = 0, "tick_ms"),
+        ];
+        for (breakage, expected) in cases {
+            let mut c = config();
+            breakage(&mut c);
+            match c.validate() {
+                Ok(_) => panic!("accepted a config that should fail with {expected:?}"),
+                Err(e) => assert!(
+                    e.to_string().contains(expected),
+                    "{e} (expected {expected:?})"
+                ),
+            }
+        }
+        let unknown = toml::from_str::<ServerConfig>(
+            "id = 1\nlisten = \"x\"\ndata_dir = \"d\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nlisen = 2\n",
+        );
+        assert!(
+            unknown.is_err_and(|e| e.to_string().contains("lisen")),
+            "unknown fields are refused"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Certificates for a cluster, and the files of a local development cluster.
+
+use crate::config::ServerConfig;
+use raft_net_quic::tls::{self, PemPair};
+use raft_proto::NodeId;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Why certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertsError {
+    /// Generation failed.
+    #[error(transparent)]
+    Tls(#[from] raft_net_quic::TlsError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Loads the CA in `dir` (`ca.crt`, `ca.key`), or creates one; returns it and whether
+/// it is new.
+pub fn load_or_create_ca(dir: &Path) -> Result<(PemPair, bool), CertsError> {
+    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if cert.exists() && key.exists() {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| CertsError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        return Ok((
+            PemPair {
+                cert: read(&cert)?,
+                key: read(&key)?,
+            },
+            false,
+        ));
+    }
+    let ca = tls::generate_ca()?;
+    tls::write_pem(dir, "ca", &ca).map_err(|source| CertsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok((ca, true))
+}
+
+/// Issues and writes `node<id>.crt`/`.key` for each node and `client-<name>.crt`/`.key`
+/// for each client, signed by the CA in `dir` (created if absent). Returns the files
+/// written.
+pub fn make_certs(
+    dir: &Path,
+    nodes: &[u64],
+    clients: &[String],
+) -> Result<Vec<PathBuf>, CertsError> {
+    let (ca, new) = load_or_create_ca(dir)?;
+    let io = |source| CertsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut written = Vec::new();
+    if new {
+        written.push(dir.join("ca.crt"));
+        written.push(dir.join("ca.key"));
+    }
+    for &id in nodes {
+        let (c, k) = tls::write_pem(
+            dir,
+            &format!("node{id}"),
+            &tls::issue_node(&ca, NodeId(id))?,
+        )
+        .map_err(io)?;
+        written.extend([c, k]);
+    }
+    for name in clients {
+        let (c, k) = tls::write_pem(
+            dir,
+            &format!("client-{name}"),
+            &tls::issue_client(&ca, name)?,
+        )
+        .map_err(io)?;
+        written.extend([c, k]);
+    }
+    Ok(written)
+}
+
+/// How a CLI client reaches a cluster: node addresses and its certificate. `dev`
+/// writes one to `raft-dev/client.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// Node addresses (`host:port`).
+    pub nodes: Vec<String>,
+    /// The cluster CA.
+    pub ca: PathBuf,
+    /// The client's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+/// The files of a local cluster of `n` nodes under `dir`, listening from `base_port`.
+pub struct DevLayout {
+    /// The root (`raft-dev`).
+    pub dir: PathBuf,
+    /// Each node's configuration.
+    pub nodes: Vec<ServerConfig>,
+    /// The client file.
+    pub client: ClientFile,
+}
+
+impl DevLayout {
+    /// Plans the layout (nothing written).
+    pub fn new(dir: &Path, n: u64, base_port: u16, metrics_base_port: u16) -> DevLayout {
+        let certs = dir.join("certs");
+        let addr = |i: u64| format!("127.0.0.1:{}", u64::from(base_port) + i - 1);
+        let nodes: Vec<ServerConfig> = (1..=n)
+            .map(|id| {
+                let mut c =
+                    ServerConfig::new(id, &addr(id), &dir.join(format!("node{id}")), &certs);
+                c.peers = (1..=n)
+                    .filter(|&p| p != id)
+                    .map(|p| format!("{p}={}", addr(p)))
+                    .collect();
+                c.metrics = Some(format!(
+                    "127.0.0.1:{}",
+                    u64::from(metrics_base_port) + id - 1
+                ));
+                c
+            })
+            .collect();
+        let client = ClientFile {
+            nodes: (1..=n).map(addr).collect(),
+            ca: certs.join("ca.crt"),
+            cert: certs.join("client-dev.crt"),
+            key: certs.join("client-dev.key"),
+        };
+        DevLayout {
+            dir: dir.to_path_buf(),
+            nodes,
+            client,
+        }
+    }
+
+    /// Writes certificates (once) and the configuration files; returns each node's
+    /// config path.
+    pub fn write(&self) -> Result<Vec<PathBuf>, CertsError> {
+        let certs = self.dir.join("certs");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CertsError::Io { path, source }
+        };
+        std::fs::create_dir_all(&certs).map_err(io(&certs))?;
+        let ids: Vec<u64> = self.nodes.iter().map(|c| c.id).collect();
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !certs.join(format!("node{id}.crt")).exists())
+            .collect();
+        let clients = if self.client.cert.exists() {
+            vec![]
+        } else {
+            vec!["dev".to_string()]
+        };
+        make_certs(&certs, &missing, &clients)?;
+        let mut paths = Vec::new();
+        for c in &self.nodes {
+            let path = self.dir.join(format!("node{}.toml", c.id));
+            std::fs::write(&path, c.to_toml()).map_err(io(&path))?;
+            paths.push(path);
+        }
+        let path = self.dir.join("client.toml");
+        std::fs::write(&path, toml::to_string(&self.client).unwrap_or_default())
+            .map_err(io(&path))?;
+        Ok(paths)
+    }
+}

@@ -1,0 +1,32 @@
+//! A replicated key-value server on `raft-core`: LMDB storage, QUIC with mutual TLS,
+//! exactly-once client sessions, a client library, metrics.
+//!
+//! The server's main loop, as `raft-server run` does it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use raft_server::{Server, ServerConfig};
+//! let config = ServerConfig::load("node1.toml".as_ref())?.validate()?;
+//! let server = Server::start(config).await?;       // stores, transport, node, client endpoint
+//! tokio::select! {
+//!     _ = tokio::signal::ctrl_c() => {}                   // graceful stop
+//!     reason = server.stopped() => eprintln!("stopped: {reason:?}"),
+//! }
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`kv`] (the state machine and its sessions), [`proto`] (the client
+//! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
+
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod kv;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+
+pub use client::{Client, ClientError, ClientOptions};
+pub use config::{ConfigError, ServerConfig, Validated};
+pub use server::{Server, StartError};

@@ -1,0 +1,743 @@
+//! `raft-server`: run a node, a local dev cluster, the KV and cluster clients, and
+//! certificate generation.
+
+// A command-line tool prints its answers.
+#![allow(clippy::print_stdout)]
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raft_net_quic::Identity;
+use raft_proto::{Bytes, NodeId};
+use raft_server::dev::{ClientFile, DevLayout, make_certs};
+use raft_server::proto::{AdminOp, Consistency, Status};
+use raft_server::{Client, ClientOptions, Server, ServerConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "raft-server",
+    version,
+    about = "A replicated key-value store on Raft, LMDB and QUIC"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node.
+    Run(RunArgs),
+    /// Start a local 3-node cluster on 127.0.0.1 with development certificates (data,
+    /// configs and logs under ./raft-dev); Ctrl-C stops it.
+    Dev(DevArgs),
+    /// Read and write keys.
+    Kv {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        op: KvOp,
+    },
+    /// Inspect and change the cluster.
+    Cluster {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        op: ClusterOp,
+    },
+    /// Create a CA (unless DIR holds one) and certificates for nodes and clients.
+    Certs {
+        /// Where to write them.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Node ids, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<u64>,
+        /// Client names, e.g. admin,app.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A TOML configuration file (flags below override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    id: Option<u64>,
+    /// UDP address for QUIC (peers and clients).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Another founding member, ID=HOST:PORT (repeat).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Directory with ca.crt, node<ID>.crt and node<ID>.key.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// HTTP address for /metrics and /health.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Start empty and wait to be added to an existing cluster.
+    #[arg(long)]
+    join: bool,
+    /// Stop when standard input closes (used by `dev` for its children).
+    #[arg(long, hide = true)]
+    stop_with_stdin: bool,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where configs, certificates, data and logs go.
+    #[arg(long, default_value = "raft-dev")]
+    dir: PathBuf,
+    /// The first node's UDP port (the others follow).
+    #[arg(long, default_value_t = 7101)]
+    port: u16,
+    /// The first node's metrics port.
+    #[arg(long, default_value_t = 9101)]
+    metrics_port: u16,
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Start, wait for a leader, print it, and stop (for scripts and tests).
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    /// A client file (nodes, ca, cert, key); default raft-dev/client.toml.
+    #[arg(long)]
+    client_config: Option<PathBuf>,
+    /// Node addresses, comma-separated (instead of the client file's).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// CA certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum KvOp {
+    /// Print a key's value.
+    Get {
+        key: String,
+        /// Serve from whichever node answers, possibly stale.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Set a key.
+    Put { key: String, value: String },
+    /// Remove a key.
+    Delete { key: String },
+    /// Compare and swap: set KEY to --new (or remove it with --remove) if its value is
+    /// --expected (or it is absent, with --absent).
+    Cas {
+        key: String,
+        #[arg(long, conflicts_with = "absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        absent: bool,
+        #[arg(long, conflicts_with = "remove")]
+        new: Option<String>,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Append to a key's value.
+    Append { key: String, value: String },
+    /// List keys with a prefix (or from --start to --end).
+    Scan {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterOp {
+    /// Every node's view: role, term, indexes, members.
+    Status,
+    /// Add a node (started with --join) as a learner.
+    AddLearner { id: u64, addr: String },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a node.
+    Remove { id: u64 },
+    /// Hand leadership to another voter.
+    TransferLeader { id: u64 },
+    /// Take a snapshot on one node (default: the first that answers).
+    Snapshot {
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Dev(args) => dev(args).await,
+            Command::Kv { conn, op } => kv(conn, op).await,
+            Command::Cluster { conn, op } => cluster(conn, op).await,
+            Command::Certs {
+                out,
+                nodes,
+                clients,
+            } => {
+                let files = make_certs(&out, &nodes, &clients).map_err(|e| e.to_string())?;
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                Ok(())
+            }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::load(path).map_err(|e| e.to_string())?,
+        None => {
+            let (Some(id), Some(listen), Some(data), Some(certs)) =
+                (args.id, &args.listen, &args.data, &args.certs)
+            else {
+                return Err("give --config FILE, or --id, --listen, --data and --certs".into());
+            };
+            ServerConfig::new(id, listen, data, certs)
+        }
+    };
+    if args.config.is_some() {
+        if let Some(id) = args.id {
+            config.id = id;
+        }
+        if let Some(l) = &args.listen {
+            config.listen = l.clone();
+        }
+        if let Some(d) = &args.data {
+            config.data_dir = d.clone();
+        }
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers.clone();
+    }
+    if args.metrics.is_some() {
+        config.metrics = args.metrics.clone();
+    }
+    config.join |= args.join;
+    let validated = config.validate().map_err(|e| e.to_string())?;
+    let server = Server::start(validated).await.map_err(|e| e.to_string())?;
+    let stdin_closed = async {
+        if args.stop_with_stdin {
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        } else {
+            futures::future::pending::<()>().await
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        _ = stdin_closed => Ok(()),
+        reason = server.stopped() => Err(format!("the node stopped: {}", reason.unwrap_or_else(|| "no reason given".into()))),
+    };
+    server.shutdown().await;
+    outcome
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn client_from(conn: &ConnArgs) -> Result<(Client, Vec<SocketAddr>), String> {
+    let file = conn
+        .client_config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("raft-dev/client.toml"));
+    let from_file: Option<ClientFile> = if file.exists() {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Some(toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?)
+    } else if conn.client_config.is_some() {
+        return Err(format!("{} does not exist", file.display()));
+    } else {
+        None
+    };
+    let pick = |flag: &Option<PathBuf>,
+                f: Option<&PathBuf>,
+                what: &str|
+     -> Result<PathBuf, String> {
+        flag.clone().or_else(|| f.cloned()).ok_or_else(|| {
+            format!("no {what}: pass --{what}, or --client-config FILE (raft-dev/client.toml, written by `raft-server dev`, is the default)")
+        })
+    };
+    let ca = pick(&conn.ca, from_file.as_ref().map(|f| &f.ca), "ca")?;
+    let cert = pick(&conn.cert, from_file.as_ref().map(|f| &f.cert), "cert")?;
+    let key = pick(&conn.key, from_file.as_ref().map(|f| &f.key), "key")?;
+    let nodes: Vec<String> = if conn.nodes.is_empty() {
+        from_file.map(|f| f.nodes).unwrap_or_default()
+    } else {
+        conn.nodes.clone()
+    };
+    if nodes.is_empty() {
+        return Err("no node addresses: pass --nodes HOST:PORT,... or --client-config FILE".into());
+    }
+    let addrs = nodes
+        .iter()
+        .map(|n| raft_server::config::resolve(n).map_err(|e| format!("node address {n:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let identity = Identity::load(&ca, &cert, &key).map_err(|e| e.to_string())?;
+    let options = ClientOptions {
+        timeout: Duration::from_secs(conn.timeout),
+        ..ClientOptions::default()
+    };
+    let client = Client::new(addrs.clone(), identity, options).map_err(|e| e.to_string())?;
+    Ok((client, addrs))
+}
+
+fn show(b: &Bytes) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(Bytes::from(end));
+        }
+    }
+    None
+}
+
+async fn kv(conn: ConnArgs, op: KvOp) -> Result<(), String> {
+    let (client, _) = client_from(&conn)?;
+    let consistency = |stale: bool| {
+        if stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        }
+    };
+    let e = |e: raft_server::ClientError| e.to_string();
+    match op {
+        KvOp::Get { key, stale } => match client
+            .get_with(key.clone(), consistency(stale))
+            .await
+            .map_err(e)?
+        {
+            Some(v) => println!("{}", show(&v)),
+            None => return Err(format!("{key:?} is not set")),
+        },
+        KvOp::Put { key, value } => {
+            let w = client.put(key, value).await.map_err(e)?;
+            println!("OK (committed at index {})", w.index);
+        }
+        KvOp::Delete { key } => {
+            let w = client.delete(key).await.map_err(e)?;
+            println!("OK (committed at index {})", w.index);
+        }
+        KvOp::Cas {
+            key,
+            expected,
+            absent,
+            new,
+            remove,
+        } => {
+            if expected.is_none() && !absent {
+                return Err("give --expected VALUE or --absent".into());
+            }
+            if new.is_none() && !remove {
+                return Err("give --new VALUE or --remove".into());
+            }
+            let w = client
+                .cas(key, expected.map(Bytes::from), new.map(Bytes::from))
+                .await
+                .map_err(e)?;
+            match w.result {
+                raft_server::proto::WriteResult::Cas { swapped: true, .. } => {
+                    println!("swapped (committed at index {})", w.index)
+                }
+                raft_server::proto::WriteResult::Cas {
+                    swapped: false,
+                    current,
+                } => {
+                    return Err(format!(
+                        "not swapped: the value is {:?}",
+                        current.as_ref().map(show)
+                    ));
+                }
+                other => println!("{other:?}"),
+            }
+        }
+        KvOp::Append { key, value } => {
+            let w = client.append(key, value).await.map_err(e)?;
+            println!("OK (committed at index {}; {:?})", w.index, w.result);
+        }
+        KvOp::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            stale,
+        } => {
+            let (start, end) = match start {
+                Some(s) => (Bytes::from(s), end.map(Bytes::from)),
+                None => (
+                    Bytes::from(prefix.clone()),
+                    end.map(Bytes::from)
+                        .or_else(|| prefix_end(prefix.as_bytes())),
+                ),
+            };
+            let (items, more) = client
+                .scan(start, end, limit, consistency(stale))
+                .await
+                .map_err(e)?;
+            for (k, v) in &items {
+                println!("{}\t{}", show(k), show(v));
+            }
+            if more {
+                println!("... (more; raise --limit or scan from after the last key)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &[(SocketAddr, Result<Status, String>)]) {
+    println!(
+        "{:<6} {:<22} {:<10} {:>6} {:>8} {:>10} {:>10} {:>10}",
+        "node", "address", "role", "term", "leader", "last", "commit", "applied"
+    );
+    for (addr, st) in s {
+        match st {
+            Ok(st) => println!(
+                "{:<6} {:<22} {:<10} {:>6} {:>8} {:>10} {:>10} {:>10}",
+                st.id.0,
+                addr,
+                st.role,
+                st.term,
+                st.leader.map_or("-".into(), |l| l.0.to_string()),
+                st.last_index,
+                st.committed,
+                st.applied
+            ),
+            Err(e) => println!("{:<6} {:<22} unreachable: {e}", "?", addr),
+        }
+    }
+    if let Some(st) = s.iter().find_map(|(_, s)| s.as_ref().ok()) {
+        let list = |v: &[(NodeId, String)]| {
+            v.iter()
+                .map(|(id, a)| format!("{id}@{a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("voters: {}", list(&st.voters));
+        if !st.learners.is_empty() {
+            println!("learners: {}", list(&st.learners));
+        }
+    }
+}
+
+async fn statuses(
+    client: &Client,
+    addrs: &[SocketAddr],
+) -> Vec<(SocketAddr, Result<Status, String>)> {
+    let mut out = Vec::new();
+    for &a in addrs {
+        out.push((a, client.status_of(a).await.map_err(|e| e.to_string())));
+    }
+    out
+}
+
+async fn cluster(conn: ConnArgs, op: ClusterOp) -> Result<(), String> {
+    let (client, addrs) = client_from(&conn)?;
+    let e = |e: raft_server::ClientError| e.to_string();
+    match op {
+        ClusterOp::Status => {
+            let s = statuses(&client, &addrs).await;
+            // Include members the client file does not list.
+            let mut all = s;
+            let known: Vec<SocketAddr> = all.iter().map(|(a, _)| *a).collect();
+            let extra: Vec<SocketAddr> = all
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().ok())
+                .flat_map(|s| s.voters.iter().chain(&s.learners))
+                .filter_map(|(_, a)| a.parse().ok())
+                .filter(|a| !known.contains(a))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            all.extend(statuses(&client, &extra).await);
+            print_status(&all);
+        }
+        ClusterOp::AddLearner { id, addr } => {
+            client.add_learner(NodeId(id), &addr).await.map_err(e)?;
+            println!("node {id} ({addr}) added as a learner; promote it once it has caught up");
+        }
+        ClusterOp::Promote { id } => {
+            client.promote(NodeId(id)).await.map_err(e)?;
+            println!("node {id} is a voter");
+        }
+        ClusterOp::Remove { id } => {
+            client.remove(NodeId(id)).await.map_err(e)?;
+            println!("node {id} removed");
+        }
+        ClusterOp::TransferLeader { id } => {
+            client.transfer_leader(NodeId(id)).await.map_err(e)?;
+            println!("leadership transfer to node {id} started");
+        }
+        ClusterOp::Snapshot { node } => {
+            let target = match node {
+                Some(n) => raft_server::config::resolve(&n)?,
+                None => addrs[0],
+            };
+            let (one, _) = client_from(&ConnArgs {
+                nodes: vec![target.to_string()],
+                ..conn
+            })?;
+            one.admin(AdminOp::Snapshot).await.map_err(e)?;
+            println!("snapshot started on {target}");
+        }
+    }
+    Ok(())
+}
+
+fn relative(p: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+async fn dev(args: DevArgs) -> Result<(), String> {
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    let layout = DevLayout::new(&args.dir, args.nodes, args.port, args.metrics_port);
+    let configs = layout.write().map_err(|e| e.to_string())?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
+    let me = relative(&exe);
+    let mut children = Vec::new();
+    for (c, path) in layout.nodes.iter().zip(&configs) {
+        let log_path = args.dir.join(format!("node{}.log", c.id));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(path)
+            .arg("--stop-with-stdin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start node {}: {e}", c.id))?;
+        children.push((c.id, child));
+    }
+    let conn = ConnArgs {
+        client_config: Some(args.dir.join("client.toml")),
+        nodes: vec![],
+        ca: None,
+        cert: None,
+        key: None,
+        timeout: 10,
+    };
+    let (client, addrs) = client_from(&conn)?;
+    // Wait for a leader.
+    let mut leader = None;
+    for _ in 0..300 {
+        for (id, child) in &mut children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = args.dir.join(format!("node{id}.log"));
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(format!(
+                    "node {id} exited ({status}) before the cluster was up; the end of {}:\n{}",
+                    log.display(),
+                    last.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+        if let Some((_, Ok(s))) = statuses(&client, &addrs[..1]).await.into_iter().next()
+            && let Some(l) = s.leader
+        {
+            leader = Some((l, s.term));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((leader, term)) = leader else {
+        return Err(format!(
+            "no leader after 30 s; see the logs in {}",
+            args.dir.display()
+        ));
+    };
+    let dir = relative(&std::path::absolute(&args.dir).unwrap_or(args.dir.clone()));
+    println!(
+        "raft dev cluster: {} nodes, configs, certificates, data and logs in ./{dir}",
+        args.nodes
+    );
+    for ((id, child), c) in children.iter().zip(&layout.nodes) {
+        let pid = child.id().map_or("?".into(), |p| p.to_string());
+        let tag = if *id == leader.0 { "  <- leader" } else { "" };
+        println!(
+            "  node {id}  pid {pid:<7} {}  metrics http://{}/metrics{tag}",
+            c.listen,
+            c.metrics.as_deref().unwrap_or("-")
+        );
+    }
+    println!("node {leader} leads term {term}. Try, in another terminal:");
+    println!("  {me} kv put greeting hello");
+    println!("  {me} kv get greeting");
+    println!("  {me} cluster status");
+    let leader_pid = children
+        .iter()
+        .find(|(id, _)| *id == leader.0)
+        .and_then(|(_, c)| c.id());
+    if let Some(pid) = leader_pid {
+        println!(
+            "  kill {pid}        # stop the leader: the others elect a new one and keep serving"
+        );
+    }
+    println!("Restart a stopped node with: {me} run --config {dir}/node<ID>.toml");
+    println!("Ctrl-C stops the cluster.");
+    if args.check {
+        drop(children);
+        return Ok(());
+    }
+    let mut last_leader = Some(leader);
+    let mut exited = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (i, (id, child)) in children.iter_mut().enumerate() {
+            if !exited[i]
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                exited[i] = true;
+                println!("node {id} exited ({status})");
+            }
+        }
+        let now = statuses(&client, &addrs)
+            .await
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .find_map(|s| s.leader.map(|l| (l, s.term)));
+        if let Some((l, t)) = now
+            && Some(l) != last_leader
+        {
+            println!("node {l} now leads (term {t})");
+            last_leader = Some(l);
+        }
+    }
+    println!("stopping the cluster");
+    for (_, child) in &mut children {
+        // Closing stdin asks the node to stop cleanly.
+        drop(child.stdin.take());
+    }
+    for (id, child) in &mut children {
+        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {id} did not stop in 10 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The client protocol: one request and one response per bidirectional QUIC stream
+//! (ALPN `raft-client/1`), each a length-prefixed, versioned postcard frame, so a
+//! client keeps many requests in flight on one connection.
+
+use raft_proto::{Bytes, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens an exactly-once session; answered with [`Response::Registered`].
+    Register,
+    /// A write. With a session, a retry with the same `(client_id, seq)` returns the
+    /// first response and is applied once.
+    Write {
+        /// The session and the request's number in it (`None`: at-most-once is not
+        /// guaranteed across retries).
+        session: Option<SessionRef>,
+        /// What to write.
+        op: WriteOp,
+    },
+    /// A read.
+    Read {
+        /// What to read.
+        op: ReadOp,
+        /// How fresh it must be.
+        consistency: Consistency,
+    },
+    /// Cluster administration.
+    Admin(AdminOp),
+}
+
+/// Which session a write belongs to, and its place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// The id [`Response::Registered`] gave.
+    pub client_id: u64,
+    /// This request's number, unique within the session.
+    pub seq: u64,
+    /// Every request numbered below this has its response at the client: the
+    /// server may forget those responses.
+    pub acked_below: u64,
+}
+
+/// A write operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Sets `key` to `new` (or removes it, if `None`) only if its value is `expected`
+    /// (`None`: absent).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value it must have.
+        expected: Option<Bytes>,
+        /// The value to set.
+        new: Option<Bytes>,
+    },
+    /// Appends `value` to `key`'s value (an absent key counts as empty).
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The bytes to append.
+        value: Bytes,
+    },
+}
+
+impl WriteOp {
+    /// The key written.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            WriteOp::Put { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::Cas { key, .. }
+            | WriteOp::Append { key, .. } => key,
+        }
+    }
+}
+
+/// A read operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// One key's value.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Keys in `[start, end)` in order (`end: None`: to the last key), at most `limit`.
+    Scan {
+        /// The first key.
+        start: Bytes,
+        /// The key after the last one.
+        end: Option<Bytes>,
+        /// The most keys to return.
+        limit: u32,
+    },
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable (ReadIndex, dissertation §6.4): reflects every write acknowledged
+    /// before the read began. Served by any node; a follower asks the leader.
+    #[default]
+    Linearizable,
+    /// Whatever the node that answers has applied: may be stale, never blocks.
+    Stale,
+}
+
+/// Cluster administration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// This node's view of the cluster.
+    Status,
+    /// Adds node `id`, reachable at `addr`, as a learner.
+    AddLearner {
+        /// The new node.
+        id: NodeId,
+        /// Its address (`host:port`).
+        addr: String,
+    },
+    /// Makes a caught-up learner a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Removes a voter or learner.
+    Remove {
+        /// The node.
+        id: NodeId,
+    },
+    /// Hands leadership to `to`.
+    TransferLeader {
+        /// The new leader.
+        to: NodeId,
+    },
+    /// Takes a snapshot on the node that receives this now.
+    Snapshot,
+}
+
+/// A server's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A session was opened.
+    Registered {
+        /// The session's id.
+        client_id: u64,
+    },
+    /// A write was committed and applied.
+    Written(Written),
+    /// A value (`None`: the key is absent).
+    Value {
+        /// The value.
+        value: Option<Bytes>,
+    },
+    /// Keys and values in key order.
+    Scanned {
+        /// The pairs.
+        items: Vec<(Bytes, Bytes)>,
+        /// More keys were left out by the limit.
+        more: bool,
+    },
+    /// The cluster as this node sees it.
+    Status(Status),
+    /// An admin operation was carried out.
+    Done,
+    /// The request failed.
+    Error(ServerError),
+}
+
+/// The outcome of a committed write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The log index the write committed at.
+    pub index: u64,
+    /// What it did.
+    pub result: WriteResult,
+}
+
+/// What a committed write did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteResult {
+    /// A put or delete: the value before.
+    Previous(Option<Bytes>),
+    /// A compare-and-swap: whether it swapped, and the value now.
+    Cas {
+        /// The value was as expected and was replaced.
+        swapped: bool,
+        /// The key's value after the operation.
+        current: Option<Bytes>,
+    },
+    /// An append: the value's length after it.
+    Appended {
+        /// The new length.
+        len: u64,
+    },
+    /// The request was refused by the state machine (the session expired, ...); it
+    /// did not take effect.
+    Refused(ServerError),
+}
+
+/// A node's view of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The node answering.
+    pub id: NodeId,
+    /// Its role (`Leader`, `Follower`, `Candidate`, `Learner`...).
+    pub role: String,
+    /// Its term.
+    pub term: u64,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Its commit index.
+    pub committed: u64,
+    /// What it has applied.
+    pub applied: u64,
+    /// Its last log index.
+    pub last_index: u64,
+    /// Its newest snapshot's index.
+    pub snapshot: u64,
+    /// Voters, with their addresses.
+    pub voters: Vec<(NodeId, String)>,
+    /// Learners, with their addresses.
+    pub learners: Vec<(NodeId, String)>,
+    /// On a leader: each follower's match index.
+    pub replication: Vec<(NodeId, u64)>,
+}
+
+/// Why a request failed. Every variant says whether the request may have taken
+/// effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServerError {
+    /// This node is not the leader; retry at `leader` (its address, if known). The
+    /// request did not take effect.
+    #[error("not the leader (leader: {leader:?} at {addr:?})")]
+    NotLeader {
+        /// The leader this node knows.
+        leader: Option<NodeId>,
+        /// Its client address.
+        addr: Option<String>,
+    },
+    /// The key or value is over the server's limit; not applied.
+    #[error("{what} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// "key" or "value".
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The session is unknown or expired; the request was not applied now (an earlier
+    /// attempt of it may have been, before the session expired).
+    #[error("session {0} is unknown or expired; register a new one")]
+    SessionExpired(u64),
+    /// The request is malformed or not allowed; not applied.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Too many requests in flight; not applied. Retry later.
+    #[error("server busy: {0}")]
+    Busy(String),
+    /// The outcome is unknown (a leader change or a stopped node while the write was
+    /// in flight): retry with the same session and sequence number.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The request failed for a reason that is not a leader change (a membership
+    /// change refused, ...); not applied.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ServerError {
+    /// Whether retrying the same request (same session and number) is right.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ServerError::NotLeader { .. } | ServerError::Busy(_) | ServerError::Unknown(_)
+        )
+    }
+}
+
+/// The largest request or response frame (a scan answer included).
+pub const MAX_FRAME: usize = 8 << 20;
+
+/// Encodes a message as one frame (length prefix, version byte, postcard).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, raft_proto::EncodeError> {
+    let body = raft_proto::encode_frame(value)?;
+    let mut out = Vec::with_capacity(body.len() + 4);
+    raft_net_quic::frame::put_frame(&mut out, &body);
+    Ok(out)
+}
+
+/// Decodes a frame body (without its length prefix).
+pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, raft_proto::DecodeError> {
+    raft_proto::decode_frame(body)
+}
+
+/// Reads one length-prefixed frame from a stream, refusing one over [`MAX_FRAME`].
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(format!(
+            "a frame of {len} bytes is over the limit of {MAX_FRAME}"
+        ));
+    }
+    let mut body = vec![0; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    Ok(body)
+}

@@ -1,0 +1,819 @@
+//! One KV server node: LMDB stores, the QUIC transport (peers and clients on one UDP
+//! port), the Raft `Node`, the client request handler, address bookkeeping, metrics.
+
+use crate::config::{ConfigError, Validated};
+use crate::kv::{self, Body, Kv, KvCommand};
+use crate::metrics::{self, Exposition, ServerMetrics, sample};
+use crate::proto::{
+    self, AdminOp, Consistency, ReadOp, Request, Response, ServerError, Status, WriteResult,
+};
+use raft_core::node::{
+    Environment, LogStore, MachineState, Metrics, Node, NodeOptions, NodeState, SnapshotTask,
+    StateMachine, StorageError, StoredLog,
+};
+use raft_core::rt::tokio::TokioRuntime;
+use raft_core::{ConfChange, Config, Persist, ProposeError, ReadError, Role};
+use raft_net_quic::{Identity, QuicConfig, QuicError, QuicTransport, Started};
+use raft_proto::{Bytes, Entry, LogId, LogIndex, Membership, NodeId, SnapshotMeta};
+use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// The most keys one scan returns.
+pub const MAX_SCAN: u32 = 10_000;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates.
+    #[error(transparent)]
+    Tls(#[from] raft_net_quic::TlsError),
+    /// The network (address in use, ...).
+    #[error(transparent)]
+    Network(#[from] QuicError),
+    /// The stores in the data directory.
+    #[error("data directory: {0}")]
+    Storage(#[from] LmdbError),
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Raft node refused the stored state.
+    #[error("raft: {0}")]
+    Node(#[from] raft_core::node::StartError),
+    /// The metrics endpoint.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not called inside a tokio runtime.
+    #[error("the server must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// The log store, timed.
+struct MeteredLog {
+    inner: LmdbLogStore,
+    metrics: Arc<ServerMetrics>,
+}
+
+#[async_trait::async_trait]
+impl LogStore for MeteredLog {
+    async fn load(&self) -> Result<StoredLog, StorageError> {
+        self.inner.load().await
+    }
+
+    async fn write(&self, batch: &Persist) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let r = self.inner.write(batch).await;
+        self.metrics
+            .log_write_seconds
+            .observe_duration(started.elapsed());
+        self.metrics
+            .log_batch_entries
+            .observe(batch.entries.len() as f64);
+        r
+    }
+
+    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(from, to).await
+    }
+
+    async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
+        self.inner.purge(up_to).await
+    }
+
+    async fn reset(&self, last: LogId) -> Result<(), StorageError> {
+        self.inner.reset(last).await
+    }
+}
+
+/// The state machine, counted.
+struct MeteredMachine {
+    inner: LmdbStateMachine<Kv>,
+    metrics: Arc<ServerMetrics>,
+}
+
+#[async_trait::async_trait]
+impl StateMachine for MeteredMachine {
+    async fn state(&self) -> Result<MachineState, StorageError> {
+        self.inner.state().await
+    }
+
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
+        self.metrics
+            .apply_batch_entries
+            .observe(entries.len() as f64);
+        self.inner.apply(entries).await
+    }
+
+    fn begin_snapshot(&self, meta: SnapshotMeta) -> SnapshotTask {
+        let task = self.inner.begin_snapshot(meta);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let r = task.await;
+            if r.is_ok() {
+                metrics.snapshots.inc();
+                metrics.snapshot_seconds.observe_duration(started.elapsed());
+            }
+            r
+        })
+    }
+
+    async fn read_snapshot(
+        &self,
+        id: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(Bytes, bool)>, StorageError> {
+        self.inner.read_snapshot(id, offset, len).await
+    }
+
+    async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        self.inner.receive_snapshot(meta, offset, data).await
+    }
+
+    async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.inner.install_snapshot(meta).await
+    }
+}
+
+struct Shared {
+    id: NodeId,
+    config: Validated,
+    node: Node,
+    sm: LmdbStateMachine<Kv>,
+    transport: Arc<QuicTransport>,
+    metrics: Arc<ServerMetrics>,
+    in_flight: Semaphore,
+    /// Every address known: the config's peers, then what the log recorded.
+    addresses: RwLock<BTreeMap<NodeId, SocketAddr>>,
+}
+
+/// A running server node.
+pub struct Server {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Server {
+    /// Opens the data directory, binds the address and starts the node. Must be called
+    /// inside a tokio runtime.
+    pub async fn start(config: Validated) -> Result<Server, StartError> {
+        let c = &config.config;
+        let rt = TokioRuntime::current().ok_or(StartError::NoRuntime)?;
+        let quinn_rt = raft_net_quic::tokio_runtime().ok_or(StartError::NoRuntime)?;
+        let identity = Identity::load(&c.ca, &c.cert, &c.key)?;
+        std::fs::create_dir_all(&c.data_dir).map_err(|source| StartError::DataDir {
+            path: c.data_dir.clone(),
+            source,
+        })?;
+        let log = LmdbLogStore::open(c.data_dir.join("log"), EnvConfig::default())?;
+        let sm = LmdbStateMachine::open(c.data_dir.join("sm"), Kv, SmConfig::default())?;
+        let mut addresses = config.peers.clone();
+        addresses.insert(config.id, config.listen);
+        for (id, addr) in sm.read(kv::addresses)? {
+            match crate::config::resolve(&addr) {
+                Ok(a) => {
+                    addresses.insert(id, a);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %id, addr, error = %e, "a recorded address does not resolve")
+                }
+            }
+        }
+        let mut quic = QuicConfig::new(config.id, config.listen, BTreeMap::new(), identity);
+        quic.accept_clients = true;
+        let Started {
+            transport,
+            incoming,
+            clients,
+        } = QuicTransport::start(quic, quinn_rt)?;
+        for (&id, &addr) in &addresses {
+            transport.add_peer(id, addr);
+        }
+        let metrics = Arc::new(ServerMetrics::default());
+        let mut raft = Config::new(config.id);
+        raft.snapshot_entries = c.snapshot_entries;
+        raft.snapshot_keep_entries = (c.snapshot_entries / 4).max(100);
+        raft.rng_seed ^= now_ms().wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let mut options = if c.join {
+            NodeOptions::joining()
+        } else {
+            let mut members: Vec<NodeId> = config.peers.keys().copied().collect();
+            members.push(config.id);
+            NodeOptions::new(Membership::voters(members))
+        };
+        options.tick = c.tick();
+        let env = Environment {
+            log: Arc::new(MeteredLog {
+                inner: log,
+                metrics: metrics.clone(),
+            }),
+            state_machine: Arc::new(MeteredMachine {
+                inner: sm.clone(),
+                metrics: metrics.clone(),
+            }),
+            transport: transport.clone(),
+            incoming,
+            runtime: Arc::new(rt),
+        };
+        let node = Node::start(raft, options, env).await?;
+        let shared = Arc::new(Shared {
+            id: config.id,
+            in_flight: Semaphore::new(
+                usize::try_from(c.max_in_flight)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            ),
+            config: config.clone(),
+            node,
+            sm,
+            transport,
+            metrics,
+            addresses: RwLock::new(addresses),
+        });
+        let mut tasks = Vec::new();
+        if let Some(mut clients) = clients {
+            let s = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                use futures::StreamExt;
+                while let Some(conn) = clients.next().await {
+                    tokio::spawn(s.clone().serve_connection(conn));
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(shared.clone().housekeeping()));
+        if let Some(addr) = config.metrics {
+            let source: Arc<dyn Exposition> = shared.clone();
+            let task = metrics::serve(addr, source)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
+            tasks.push(task);
+        }
+        tracing::info!(node = %config.id, listen = %config.listen, data = %c.data_dir.display(), "server started");
+        Ok(Server { shared, tasks })
+    }
+
+    /// The Raft node.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
+    }
+
+    /// The address peers and clients reach this node at.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.transport.local_addr()
+    }
+
+    /// Stops serving: the node finishes its write in progress and stops, connections
+    /// close. Storage is left consistent.
+    pub async fn shutdown(self) {
+        tracing::info!(node = %self.shared.id, "shutting down");
+        self.shared.node.shutdown().await;
+        self.shared.transport.close();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until the node stops by itself (a storage failure); returns the reason.
+    pub async fn stopped(&self) -> Option<String> {
+        let mut w = self.shared.node.metrics();
+        match w
+            .wait_for(|m| m.state != NodeState::Running)
+            .await
+            .map(|m| m.state)
+        {
+            Some(NodeState::Stopped(reason)) => reason,
+            _ => None,
+        }
+    }
+}
+
+impl Shared {
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.addresses
+            .read()
+            .ok()?
+            .get(&id)
+            .map(ToString::to_string)
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>) -> ServerError {
+        let leader = leader.filter(|&l| l != self.id);
+        ServerError::NotLeader {
+            leader,
+            addr: leader.and_then(|l| self.addr_of(l)),
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
+        let remote = conn.remote_address();
+        tracing::debug!(node = %self.id, %remote, "client connected");
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(self.clone().serve_stream(send, recv));
+        }
+    }
+
+    async fn serve_stream(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let started = Instant::now();
+        let response = match proto::read_frame(&mut recv).await {
+            Err(e) => Response::Error(ServerError::Invalid(e)),
+            Ok(body) => match proto::decode::<Request>(&body) {
+                Err(e) => {
+                    Response::Error(ServerError::Invalid(format!("undecodable request: {e}")))
+                }
+                Ok(request) => {
+                    let timeout = Duration::from_millis(self.config.config.request_timeout_ms);
+                    match tokio::time::timeout(timeout, self.handle(request)).await {
+                        Ok(r) => r,
+                        Err(_) => Response::Error(ServerError::Unknown(format!(
+                            "no outcome within {timeout:?} on the server"
+                        ))),
+                    }
+                }
+            },
+        };
+        let m = &self.metrics;
+        m.request_seconds.observe_duration(started.elapsed());
+        if matches!(response, Response::Error(_)) {
+            m.requests_failed.inc()
+        } else {
+            m.requests_ok.inc()
+        }
+        match proto::encode(&response) {
+            Ok(frame) => {
+                let _ = send.write_all(&frame).await;
+                let _ = send.finish();
+            }
+            Err(e) => tracing::error!(node = %self.id, error = %e, "cannot encode a response"),
+        }
+    }
+
+    async fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Register => {
+                let ttl_ms = self.config.config.session_ttl_secs.saturating_mul(1000);
+                self.propose(Body::Register { ttl_ms }).await
+            }
+            Request::Write { session, op } => match self.check_sizes(&op) {
+                Err(e) => Err(e),
+                Ok(()) => self.propose(Body::Write { session, op }).await,
+            },
+            Request::Read { op, consistency } => self.read(op, consistency).await,
+            Request::Admin(op) => self.admin(op).await,
+        };
+        match result {
+            Ok(Response::Written(w)) => match w.result {
+                WriteResult::Refused(e) => Response::Error(e),
+                _ => Response::Written(w),
+            },
+            Ok(r) => r,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn check_sizes(&self, op: &proto::WriteOp) -> Result<(), ServerError> {
+        let c = &self.config.config;
+        let too_large = |what: &str, size: usize, limit: u64| {
+            (size as u64 > limit).then(|| ServerError::TooLarge {
+                what: what.into(),
+                size: size as u64,
+                limit,
+            })
+        };
+        if let Some(e) = too_large("key", op.key().len(), c.max_key_bytes) {
+            return Err(e);
+        }
+        let value = match op {
+            proto::WriteOp::Put { value, .. } | proto::WriteOp::Append { value, .. } => value.len(),
+            proto::WriteOp::Cas { expected, new, .. } => expected
+                .as_ref()
+                .map_or(0, |v| v.len())
+                .max(new.as_ref().map_or(0, |v| v.len())),
+            proto::WriteOp::Delete { .. } => 0,
+        };
+        too_large("value", value, c.max_value_bytes).map_or(Ok(()), Err)
+    }
+
+    /// Proposes a command and decodes the state machine's response.
+    async fn propose(&self, body: Body) -> Result<Response, ServerError> {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(ServerError::Busy(format!(
+                "{} requests in flight on this node",
+                self.config.config.max_in_flight
+            )));
+        };
+        let command = KvCommand {
+            time_ms: now_ms(),
+            body,
+        };
+        let bytes = command
+            .encode()
+            .map_err(|e| ServerError::Invalid(format!("cannot encode the command: {e}")))?;
+        self.metrics.proposals.inc();
+        let out = self.shared_node().propose(bytes).await;
+        let out = match out {
+            Ok(raw) => proto::decode::<Response>(&raw).map_err(|e| {
+                ServerError::Unknown(format!("the state machine's response is undecodable: {e}"))
+            }),
+            Err(ProposeError::NotLeader(n)) | Err(ProposeError::Dropped(n)) => {
+                Err(self.not_leader(n.leader_hint))
+            }
+            Err(ProposeError::TransferInProgress { to }) => Err(self.not_leader(Some(to))),
+            Err(ProposeError::Indeterminate) => Err(ServerError::Unknown(
+                "a snapshot replaced the log while the write was in flight".into(),
+            )),
+            Err(ProposeError::Stopped) => Err(ServerError::Unknown(
+                "the node stopped while the write was in flight".into(),
+            )),
+            Err(e) => Err(ServerError::Unknown(e.to_string())),
+        };
+        if out.is_err() {
+            self.metrics.proposal_failures.inc();
+        }
+        out
+    }
+
+    fn shared_node(&self) -> &Node {
+        &self.node
+    }
+
+    async fn read(&self, op: ReadOp, consistency: Consistency) -> Result<Response, ServerError> {
+        if consistency == Consistency::Linearizable {
+            match self.node.read().await {
+                Ok(_) => {}
+                Err(ReadError::NotLeader(n)) => return Err(self.not_leader(n.leader_hint)),
+                Err(e) => return Err(ServerError::Failed(e.to_string())),
+            }
+        }
+        let sm = self.sm.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            sm.read(|view| match op {
+                ReadOp::Get { key } => Ok(Response::Value {
+                    value: kv::get(view.txn, view.data, &key)?.map(Bytes::from),
+                }),
+                ReadOp::Scan { start, end, limit } => {
+                    let (mut items, mut more) =
+                        kv::scan(view, &start, end.as_deref(), limit.min(MAX_SCAN) as usize)?;
+                    // Keep the answer within one frame.
+                    let mut size = 0;
+                    if let Some(cut) = items.iter().position(|(k, v)| {
+                        size += k.len() + v.len() + 16;
+                        size > proto::MAX_FRAME / 2
+                    }) {
+                        items.truncate(cut.max(1));
+                        more = true;
+                    }
+                    Ok(Response::Scanned { items, more })
+                }
+            })
+        })
+        .await;
+        match read {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(ServerError::Failed(format!("read failed: {e}"))),
+            Err(e) => Err(ServerError::Failed(format!("read task failed: {e}"))),
+        }
+    }
+
+    async fn admin(&self, op: AdminOp) -> Result<Response, ServerError> {
+        let membership_err = |e: raft_core::MembershipError| match e {
+            raft_core::MembershipError::NotLeader(n) => self.not_leader(n.leader_hint),
+            other => ServerError::Failed(other.to_string()),
+        };
+        match op {
+            AdminOp::Status => Ok(Response::Status(self.status())),
+            AdminOp::AddLearner { id, addr } => {
+                let resolved = crate::config::resolve(&addr)
+                    .map_err(|e| ServerError::Invalid(format!("address {addr:?}: {e}")))?;
+                if id.0 == 0 {
+                    return Err(ServerError::Invalid("node id 0 is not allowed".into()));
+                }
+                // Record the address first, so every node can reach the learner.
+                match self
+                    .propose(Body::SetAddress {
+                        id,
+                        addr: resolved.to_string(),
+                    })
+                    .await?
+                {
+                    Response::Done => {}
+                    other => {
+                        return Err(ServerError::Failed(format!(
+                            "recording the address: {other:?}"
+                        )));
+                    }
+                }
+                self.learn_address(id, resolved);
+                self.node.add_learner(id).await.map_err(membership_err)?;
+                Ok(Response::Done)
+            }
+            AdminOp::Promote { id } => {
+                self.node
+                    .change_membership(ConfChange::Promote(id))
+                    .await
+                    .map_err(membership_err)?;
+                Ok(Response::Done)
+            }
+            AdminOp::Remove { id } => {
+                self.node
+                    .change_membership(ConfChange::Remove(id))
+                    .await
+                    .map_err(membership_err)?;
+                Ok(Response::Done)
+            }
+            AdminOp::TransferLeader { to } => match self.node.transfer_leader(to).await {
+                Ok(()) => Ok(Response::Done),
+                Err(raft_core::TransferError::NotLeader(n)) => Err(self.not_leader(n.leader_hint)),
+                Err(e) => Err(ServerError::Failed(e.to_string())),
+            },
+            AdminOp::Snapshot => {
+                if self.node.trigger_snapshot().await {
+                    Ok(Response::Done)
+                } else {
+                    Err(ServerError::Failed(
+                        "no snapshot started: one is being built, or nothing new to cover".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn learn_address(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.id {
+            return;
+        }
+        let changed = match self.addresses.write() {
+            Ok(mut a) => a.insert(id, addr) != Some(addr),
+            Err(_) => false,
+        };
+        if changed {
+            tracing::info!(node = %self.id, peer = %id, %addr, "learned a peer address");
+            self.transport.add_peer(id, addr);
+        }
+    }
+
+    fn status(&self) -> Status {
+        let m: Metrics = self.node.metrics().get();
+        let addr = |id: NodeId| self.addr_of(id).unwrap_or_else(|| "?".into());
+        Status {
+            id: self.id,
+            role: role_name(&m),
+            term: m.term.0,
+            leader: m.leader,
+            committed: m.committed.0,
+            applied: m.applied.0,
+            last_index: m.last_log_id.index.0,
+            snapshot: m.snapshot.index.0,
+            voters: m
+                .membership
+                .voters
+                .iter()
+                .map(|&id| (id, addr(id)))
+                .collect(),
+            learners: m
+                .membership
+                .learners
+                .iter()
+                .map(|&id| (id, addr(id)))
+                .collect(),
+            replication: m.replication.iter().map(|(&id, &i)| (id, i.0)).collect(),
+        }
+    }
+
+    /// Every half second: learn addresses recorded in the log; as leader, record the
+    /// addresses of members that have none yet; count leader changes and sessions.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut last_leader = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let m = self.node.metrics().get();
+            if m.state != NodeState::Running {
+                return;
+            }
+            if m.leader != last_leader {
+                if m.leader.is_some() {
+                    self.metrics.leader_changes.inc();
+                }
+                last_leader = m.leader;
+            }
+            let sm = self.sm.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                sm.read(|v| Ok((kv::addresses(v)?, kv::session_count(v)?)))
+            })
+            .await;
+            let Ok(Ok((recorded, sessions))) = read else {
+                continue;
+            };
+            self.metrics.sessions.store(sessions, Ordering::Relaxed);
+            for (id, addr) in &recorded {
+                if let Ok(a) = crate::config::resolve(addr) {
+                    self.learn_address(*id, a);
+                }
+            }
+            if m.role == Role::Leader {
+                let members = m.membership.voters.iter().chain(&m.membership.learners);
+                for &id in members {
+                    if recorded.iter().any(|(r, _)| *r == id) {
+                        continue;
+                    }
+                    let known = self.addresses.read().ok().and_then(|a| a.get(&id).copied());
+                    if let Some(addr) = known {
+                        let _ = self
+                            .propose(Body::SetAddress {
+                                id,
+                                addr: addr.to_string(),
+                            })
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn role_name(m: &Metrics) -> String {
+    if m.role == Role::Follower && m.membership.learners.contains(&m.id) {
+        return "Learner".into();
+    }
+    if let NodeState::Stopped(reason) = &m.state {
+        return format!("Stopped ({})", reason.as_deref().unwrap_or("shut down"));
+    }
+    format!("{:?}", m.role)
+}
+
+impl Exposition for Shared {
+    fn metrics(&self) -> String {
+        let m = self.node.metrics().get();
+        let mut out = String::new();
+        let g = |out: &mut String, name: &str, help: &str, v: f64| {
+            sample(out, "gauge", name, help, "", v)
+        };
+        g(
+            &mut out,
+            "raft_is_leader",
+            "1 if this node is the leader.",
+            f64::from(u8::from(m.role == Role::Leader)),
+        );
+        g(
+            &mut out,
+            "raft_term",
+            "The node's current term.",
+            m.term.0 as f64,
+        );
+        g(
+            &mut out,
+            "raft_leader_id",
+            "The leader this node knows (0: none).",
+            m.leader.map_or(0, |l| l.0) as f64,
+        );
+        g(
+            &mut out,
+            "raft_last_log_index",
+            "The last log index.",
+            m.last_log_id.index.0 as f64,
+        );
+        g(
+            &mut out,
+            "raft_commit_index",
+            "The commit index.",
+            m.committed.0 as f64,
+        );
+        g(
+            &mut out,
+            "raft_applied_index",
+            "The applied index.",
+            m.applied.0 as f64,
+        );
+        g(
+            &mut out,
+            "raft_snapshot_index",
+            "The newest snapshot's last index.",
+            m.snapshot.index.0 as f64,
+        );
+        g(
+            &mut out,
+            "raft_voters",
+            "Voters in the configuration.",
+            m.membership.voters.len() as f64,
+        );
+        g(
+            &mut out,
+            "raft_learners",
+            "Learners in the configuration.",
+            m.membership.learners.len() as f64,
+        );
+        g(
+            &mut out,
+            "raft_running",
+            "1 while the node runs.",
+            f64::from(u8::from(m.state == NodeState::Running)),
+        );
+        for (id, matched) in &m.replication {
+            let labels = format!("{{peer=\"{id}\"}}");
+            sample(
+                &mut out,
+                "gauge",
+                "raft_follower_match_index",
+                "On a leader: each follower's match index.",
+                &labels,
+                matched.0 as f64,
+            );
+        }
+        for p in self.transport.stats() {
+            let labels = format!("{{peer=\"{}\"}}", p.id);
+            sample(
+                &mut out,
+                "gauge",
+                "raft_peer_connected",
+                "1 if the connection to the peer is up.",
+                &labels,
+                f64::from(u8::from(p.connected)),
+            );
+            sample(
+                &mut out,
+                "counter",
+                "raft_peer_dropped_total",
+                "Messages to the peer dropped because its queue was full.",
+                &labels,
+                p.dropped as f64,
+            );
+            sample(
+                &mut out,
+                "counter",
+                "raft_peer_sent_frames_total",
+                "Frames written to the peer.",
+                &labels,
+                p.sent_frames as f64,
+            );
+            sample(
+                &mut out,
+                "gauge",
+                "raft_peer_queued",
+                "Messages queued for the peer.",
+                &labels,
+                p.queued as f64,
+            );
+        }
+        sample(
+            &mut out,
+            "counter",
+            "raft_incoming_dropped_total",
+            "Incoming messages dropped because the node fell behind.",
+            "",
+            self.transport.dropped_incoming() as f64,
+        );
+        self.metrics.render(&mut out);
+        out
+    }
+
+    fn health(&self) -> (bool, String) {
+        let m = self.node.metrics().get();
+        let running = m.state == NodeState::Running;
+        let leader = m.leader.map_or("null".to_string(), |l| l.0.to_string());
+        let body = format!(
+            "{{\"id\":{},\"running\":{running},\"role\":\"{}\",\"term\":{},\"leader\":{leader},\"applied\":{}}}\n",
+            self.id.0,
+            role_name(&m).replace('"', "'"),
+            m.term.0,
+            m.applied.0
+        );
+        (running, body)
+    }
+}
