@@ -59,11 +59,17 @@ pub struct QuicConfig {
     pub reconnect: (Duration, Duration),
     /// Accept client connections (ALPN `raft-client/1`) on the same endpoint.
     pub accept_clients: bool,
+    /// Accept a node that is not in `peers` when its certificate names the id it
+    /// claims, and talk to it at the address it connected from (its listen address:
+    /// the endpoint dials from the socket it listens on). For a node joining a
+    /// cluster whose members it does not know yet.
+    pub admit_unknown_peers: bool,
 }
 
 impl QuicConfig {
     /// Defaults: 16 MiB frames, 4096 messages / 64 MiB queued per peer, 16 snapshot
-    /// chunks, reconnect after 50 ms doubling to 2 s, no client endpoint.
+    /// chunks, reconnect after 50 ms doubling to 2 s, no client endpoint, only the
+    /// listed peers admitted.
     pub fn new(
         id: NodeId,
         listen: SocketAddr,
@@ -82,6 +88,7 @@ impl QuicConfig {
             incoming_capacity: 65_536,
             reconnect: (Duration::from_millis(50), Duration::from_secs(2)),
             accept_clients: false,
+            admit_unknown_peers: false,
         }
     }
 }
@@ -625,7 +632,7 @@ impl Inner {
     }
 
     /// Answers a dialer's hello, if the id it claims is the one its certificate names.
-    async fn greet(&self, conn: &quinn::Connection) -> Result<Arc<Peer>, String> {
+    async fn greet(self: &Arc<Self>, conn: &quinn::Connection) -> Result<Arc<Peer>, String> {
         let accept = conn.accept_bi();
         let timeout = sleep(&self.runtime, Duration::from_secs(5));
         let (mut send, mut recv) = futures::select! {
@@ -655,10 +662,20 @@ impl Inner {
                 "claims to be node {claimed}, but its certificate is not node {claimed}'s"
             ));
         }
-        let peer = lock(&self.peers)
-            .get(&claimed)
-            .cloned()
-            .ok_or_else(|| format!("node {claimed} is not a known peer"))?;
+        let known = lock(&self.peers).get(&claimed).cloned();
+        let peer = match known {
+            Some(peer) => peer,
+            None if self.config.admit_unknown_peers && claimed != self.id => {
+                let addr = conn.remote_address();
+                tracing::info!(node = %self.id, peer = %claimed, %addr, "admitted a node that is not in the peer list");
+                Inner::add_peer(self, claimed, addr);
+                lock(&self.peers)
+                    .get(&claimed)
+                    .cloned()
+                    .ok_or_else(|| format!("node {claimed} was removed while connecting"))?
+            }
+            None => return Err(format!("node {claimed} is not a known peer")),
+        };
         let mut answer = HELLO_MAGIC.to_vec();
         answer.extend_from_slice(&self.id.0.to_le_bytes());
         send.write_all(&answer)

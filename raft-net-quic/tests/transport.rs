@@ -108,6 +108,38 @@ async fn a_killed_peer_reconnects() {
     assert!(deliver(&one, &mut two, 5).await);
 }
 
+/// A joining node (admitting unknown peers) learns a member that dials it and can
+/// answer on that connection; a node that does not admit them refuses the same dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_admits_a_member_it_did_not_know_and_others_refuse_it() {
+    let pki = Pki::new();
+    let mut one = Peer::start(1, localhost(), pki.node(1));
+    let mut joiner = Peer::start_with(5, localhost(), pki.node(5), |c| {
+        c.admit_unknown_peers = true;
+    });
+    one.transport.add_peer(NodeId(5), joiner.addr);
+    assert!(
+        deliver(&one, &mut joiner, 1).await,
+        "node 1 reaches the joiner"
+    );
+    assert!(
+        deliver(&joiner, &mut one, 2).await,
+        "the joiner answers a member it was never told about"
+    );
+    let known: Vec<NodeId> = joiner.transport.stats().iter().map(|s| s.id).collect();
+    assert_eq!(known, vec![NodeId(1)]);
+
+    let mut closed = Peer::start(6, localhost(), pki.node(6));
+    one.transport.add_peer(NodeId(6), closed.addr);
+    let until = Instant::now() + QUIET;
+    while Instant::now() < until {
+        one.transport.send(NodeId(6), heartbeat(3));
+        if let Some((from, m)) = closed.recv(Duration::from_millis(20)).await {
+            panic!("a node that admits only its peers got {m:?} from {from}");
+        }
+    }
+}
+
 /// Sets up a genuine node 2 that expects node 1 at `intruder`'s address, lets the
 /// intruder (claiming to be node 1, dialing because 1 < 2) try to send, and checks that
 /// nothing gets through.

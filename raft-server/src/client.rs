@@ -75,6 +75,17 @@ pub enum ClientError {
     /// A node could not be reached (for requests sent to one node, like a status).
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// A node refused this client's certificate during the TLS handshake: nothing
+    /// was sent, and retrying will not help.
+    #[error(
+        "the node at {node} refused this client's certificate ({detail}); use one signed by the cluster's CA (`raft-server certs --clients NAME`)"
+    )]
+    CertificateRefused {
+        /// The node.
+        node: SocketAddr,
+        /// The TLS alert.
+        detail: String,
+    },
     /// The client's own setup is wrong (no endpoints, bad certificate).
     #[error("client setup: {0}")]
     Setup(String),
@@ -129,6 +140,8 @@ enum Attempt {
     NotSent(String),
     /// Sent, no answer: it may have been processed.
     Lost(String),
+    /// The node closed the connection with a TLS alert: our certificate is refused.
+    CertificateRefused(String),
     Answer(Response),
 }
 
@@ -248,25 +261,61 @@ impl Client {
 
     /// The status of the node at `node` (no redirect), within one attempt timeout.
     pub async fn status_of(&self, node: SocketAddr) -> Result<Status, ClientError> {
-        let frame = encode(&Request::Admin(AdminOp::Status))?;
+        match self
+            .request_once(node, &Request::Admin(AdminOp::Status))
+            .await
+        {
+            Ok(Response::Status(s)) => Ok(s),
+            Ok(other) => Err(unexpected(other)),
+            Err(ClientError::Timeout { last_error, .. }) => {
+                Err(ClientError::Unreachable(last_error))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `request` once to the node at `node` on a connection of its own, and
+    /// returns whatever it answers (errors and redirects included): no session
+    /// numbering, no retry, no redirect. For tools and tests that speak the protocol
+    /// directly; a write sent this way is exactly-once only if it carries a session.
+    ///
+    /// Fails with `Unreachable` if the request was not delivered, and with `Timeout`
+    /// (outcome unknown) if it was sent but no answer came within the attempt
+    /// timeout.
+    pub async fn request_once(
+        &self,
+        node: SocketAddr,
+        request: &Request,
+    ) -> Result<Response, ClientError> {
+        let frame = encode(request)?;
         let identity = self.inner.identity.clone();
+        let started = Instant::now();
         let ask = async move {
             let conn = raft_net_quic::connect_client(&identity, node, runtime()?)
                 .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+                .map_err(|e| ClientError::Unreachable(format!("{node}: {e}")))?;
             let answer = exchange(&conn.connection, &frame).await;
             conn.connection.close(0u32.into(), b"done");
             match answer {
-                Attempt::Answer(Response::Status(s)) => Ok(s),
-                Attempt::Answer(other) => Err(unexpected(other)),
-                Attempt::NotSent(e) | Attempt::Lost(e) => Err(ClientError::Unreachable(e)),
+                Attempt::Answer(r) => Ok(r),
+                Attempt::NotSent(e) => Err(ClientError::Unreachable(format!("{node}: {e}"))),
+                Attempt::CertificateRefused(detail) => {
+                    Err(ClientError::CertificateRefused { node, detail })
+                }
+                Attempt::Lost(e) => Err(ClientError::Timeout {
+                    elapsed: started.elapsed(),
+                    outcome_unknown: true,
+                    last_error: format!("{node}: {e}"),
+                }),
             }
         };
         let wait = self.inner.options.attempt_timeout;
         tokio::time::timeout(wait, ask).await.unwrap_or_else(|_| {
-            Err(ClientError::Unreachable(format!(
-                "no answer from {node} within {wait:?}"
-            )))
+            Err(ClientError::Timeout {
+                elapsed: started.elapsed(),
+                outcome_unknown: true,
+                last_error: format!("no answer from {node} within {wait:?}"),
+            })
         })
     }
 
@@ -444,6 +493,12 @@ impl Client {
                     }
                 },
                 Ok(Attempt::Answer(r)) => return Ok(r),
+                Ok(Attempt::CertificateRefused(detail)) => {
+                    return Err(ClientError::CertificateRefused {
+                        node: target,
+                        detail,
+                    });
+                }
             };
             if !redirect_now {
                 let left = o.timeout.saturating_sub(started.elapsed());
@@ -497,6 +552,14 @@ impl Client {
 
 /// One request on its own stream of `conn`.
 async fn exchange(conn: &quinn::Connection, frame: &[u8]) -> Attempt {
+    let attempt = exchange_inner(conn, frame).await;
+    match attempt {
+        Attempt::NotSent(_) | Attempt::Lost(_) => certificate_refused(conn).unwrap_or(attempt),
+        other => other,
+    }
+}
+
+async fn exchange_inner(conn: &quinn::Connection, frame: &[u8]) -> Attempt {
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => return Attempt::NotSent(e.to_string()),
@@ -511,6 +574,21 @@ async fn exchange(conn: &quinn::Connection, frame: &[u8]) -> Attempt {
             Err(e) => Attempt::Lost(format!("undecodable response: {e}")),
         },
         Err(e) => Attempt::Lost(e),
+    }
+}
+
+/// In TLS 1.3 the client finishes its handshake before the server has checked the
+/// client's certificate; a refusal arrives afterwards as a connection closed with a
+/// TLS alert (QUIC error codes 0x100-0x1ff). The server never read a stream of such a
+/// connection, so nothing took effect.
+fn certificate_refused(conn: &quinn::Connection) -> Option<Attempt> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ConnectionClosed(close)
+            if (0x100..0x200).contains(&u64::from(close.error_code)) =>
+        {
+            Some(Attempt::CertificateRefused(close.to_string()))
+        }
+        _ => None,
     }
 }
 

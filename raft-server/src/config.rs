@@ -31,8 +31,9 @@ pub struct ServerConfig {
     /// `cluster add-learner`).
     #[serde(default)]
     pub peers: Vec<String>,
-    /// Start empty and wait to be added to an existing cluster (instead of founding one
-    /// with `peers`).
+    /// Start empty and wait to be added to an existing cluster with `cluster
+    /// add-learner`, instead of founding one. `peers` then lists the cluster's current
+    /// members (how to reach them; membership stays as the cluster decides).
     #[serde(default)]
     pub join: bool,
     /// Where the log and the state machine live.
@@ -168,10 +169,12 @@ impl ServerConfig {
                 )));
             }
         }
-        if self.join && !peers.is_empty() {
-            tracing::info!(
-                "join = true: the peers are used only to reach the cluster, not as founding members"
-            );
+        if self.join && peers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "join = true needs the cluster's current members in peers (--peer ID=HOST:PORT \
+                 for each), to reach them; they stay in charge of membership"
+                    .into(),
+            ));
         }
         for (what, v) in [
             ("max_key_bytes", self.max_key_bytes),
@@ -327,6 +330,13 @@ mod tests {
             (|c| c.listen = "nowhere".into(), "listen address"),
             (|c| c.max_key_bytes = 10_000, "at most 4096"),
             (|c| c.tick_ms = 0, "tick_ms"),
+            (
+                |c| {
+                    c.join = true;
+                    c.peers.clear();
+                },
+                "current members",
+            ),
         ];
         for (breakage, expected) in cases {
             let mut c = config();

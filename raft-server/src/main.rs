@@ -81,7 +81,8 @@ struct RunArgs {
     /// UDP address for QUIC (peers and clients).
     #[arg(long)]
     listen: Option<String>,
-    /// Another founding member, ID=HOST:PORT (repeat).
+    /// Another member, ID=HOST:PORT (repeat): the founding members, or with --join the
+    /// current ones.
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// Data directory.
@@ -93,7 +94,8 @@ struct RunArgs {
     /// HTTP address for /metrics and /health.
     #[arg(long)]
     metrics: Option<String>,
-    /// Start empty and wait to be added to an existing cluster.
+    /// Start empty and wait to be added to an existing cluster (`cluster add-learner`);
+    /// list its current members with --peer.
     #[arg(long)]
     join: bool,
     /// Stop when standard input closes (used by `dev` for its children).
@@ -511,7 +513,7 @@ fn print_status(s: &[(SocketAddr, Result<Status, String>)]) {
                 st.committed,
                 st.applied
             ),
-            Err(e) => println!("{:<6} {:<22} unreachable: {e}", "?", addr),
+            Err(e) => println!("{:<6} {:<22} {e}", "?", addr),
         }
     }
     if let Some(st) = s.iter().find_map(|(_, s)| s.as_ref().ok()) {

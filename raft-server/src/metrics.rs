@@ -110,6 +110,8 @@ pub struct ServerMetrics {
     pub leader_changes: Counter,
     /// Snapshots built here.
     pub snapshots: Counter,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: Counter,
     /// Duration of snapshot builds.
     pub snapshot_seconds: Histogram,
     /// Duration of durable log writes (the fsync latency).
@@ -133,6 +135,7 @@ impl Default for ServerMetrics {
             requests_failed: Counter::default(),
             leader_changes: Counter::default(),
             snapshots: Counter::default(),
+            snapshots_installed: Counter::default(),
             snapshot_seconds: Histogram::new(LATENCY_BUCKETS),
             log_write_seconds: Histogram::new(LATENCY_BUCKETS),
             log_batch_entries: Histogram::new(SIZE_BUCKETS),
@@ -199,6 +202,12 @@ impl ServerMetrics {
             "raft_snapshots_total",
             "Snapshots built by this node.",
             &self.snapshots,
+        );
+        c(
+            out,
+            "raft_snapshots_installed_total",
+            "Snapshots received from a leader and installed.",
+            &self.snapshots_installed,
         );
         sample(
             out,

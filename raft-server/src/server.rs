@@ -158,7 +158,10 @@ impl StateMachine for MeteredMachine {
     }
 
     async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        self.inner.install_snapshot(meta).await
+        self.inner.install_snapshot(meta).await?;
+        self.metrics.snapshots_installed.inc();
+        tracing::info!(last = ?meta.last_log_id, "installed a snapshot from the leader");
+        Ok(())
     }
 }
 
@@ -215,6 +218,9 @@ impl Server {
         }
         let mut quic = QuicConfig::new(config.id, config.listen, BTreeMap::new(), identity);
         quic.accept_clients = true;
+        // A joining node also admits members its configuration does not list (added
+        // after it was written); they are the ones that contact it.
+        quic.admit_unknown_peers = c.join;
         let Started {
             transport,
             incoming,

@@ -20,12 +20,19 @@ impl Machine {
     fn new() -> Machine {
         let dir = tempfile::tempdir().unwrap();
         let sm = LmdbStateMachine::open(dir.path(), Kv, SmConfig::default()).unwrap();
-        Machine { sm, index: 0, _dir: dir }
+        Machine {
+            sm,
+            index: 0,
+            _dir: dir,
+        }
     }
 
     fn apply_raw(&mut self, command: Bytes) -> Response {
         self.index += 1;
-        let entry = Entry { log_id: LogId::new(Term(1), LogIndex(self.index)), payload: EntryPayload::Command(command) };
+        let entry = Entry {
+            log_id: LogId::new(Term(1), LogIndex(self.index)),
+            payload: EntryPayload::Command(command),
+        };
         let out = block_on(self.sm.apply(&[entry])).unwrap();
         raft_proto::decode_frame(&out[0]).unwrap()
     }
@@ -42,7 +49,11 @@ impl Machine {
     }
 
     fn write(&mut self, time_ms: u64, session: Option<(u64, u64, u64)>, op: WriteOp) -> Response {
-        let session = session.map(|(client_id, seq, acked_below)| SessionRef { client_id, seq, acked_below });
+        let session = session.map(|(client_id, seq, acked_below)| SessionRef {
+            client_id,
+            seq,
+            acked_below,
+        });
         self.apply(time_ms, Body::Write { session, op })
     }
 
@@ -57,7 +68,10 @@ impl Machine {
 }
 
 fn append(key: &str, value: &str) -> WriteOp {
-    WriteOp::Append { key: Bytes::from(key), value: Bytes::from(value) }
+    WriteOp::Append {
+        key: Bytes::from(key),
+        value: Bytes::from(value),
+    }
 }
 
 fn written(r: &Response) -> &Written {
@@ -79,7 +93,11 @@ fn dissertation_6_3_a_retried_request_is_applied_once() {
     assert_eq!(first, retry, "the retry answers with the first response");
     assert_eq!(written(&first).index, written(&retry).index);
     assert_ne!(written(&first).index, written(&other).index);
-    assert_eq!(m.get(b"k").as_deref(), Some(&b"xy"[..]), "applied once each");
+    assert_eq!(
+        m.get(b"k").as_deref(),
+        Some(&b"xy"[..]),
+        "applied once each"
+    );
 }
 
 /// The client's acknowledgement lets the state machine forget responses; a request
@@ -104,7 +122,10 @@ fn dissertation_6_3_sessions_expire_by_log_time() {
     let mut m = Machine::new();
     let id = m.register(10_000, 1_000);
     let kept = m.register(10_000, 100_000);
-    assert!(matches!(written(&m.write(10_900, Some((id, 1, 1)), append("k", "a"))).result, WriteResult::Appended { .. }));
+    assert!(matches!(
+        written(&m.write(10_900, Some((id, 1, 1)), append("k", "a"))).result,
+        WriteResult::Appended { .. }
+    ));
     // 1 s after its last request: gone, with an error that says so.
     m.apply(11_950, Body::Tick);
     match written(&m.write(11_960, Some((id, 2, 2)), append("k", "b"))).result {
@@ -116,7 +137,10 @@ fn dissertation_6_3_sessions_expire_by_log_time() {
         WriteResult::Refused(ServerError::SessionExpired(_)) => {}
         ref other => panic!("{other:?}"),
     }
-    assert!(matches!(written(&m.write(12_000, Some((kept, 1, 1)), append("k", "c"))).result, WriteResult::Appended { .. }));
+    assert!(matches!(
+        written(&m.write(12_000, Some((kept, 1, 1)), append("k", "c"))).result,
+        WriteResult::Appended { .. }
+    ));
     assert_eq!(m.get(b"k").as_deref(), Some(&b"ac"[..]));
     let sessions = m.sm.read(kv::session_count).unwrap();
     assert_eq!(sessions, 1);
@@ -126,22 +150,80 @@ fn dissertation_6_3_sessions_expire_by_log_time() {
 fn put_delete_cas_append_return_what_they_did() {
     let mut m = Machine::new();
     let b = |s: &str| Some(Bytes::from(s));
-    let put = |k: &str, v: &str| WriteOp::Put { key: Bytes::from(k), value: Bytes::from(v) };
-    assert_eq!(written(&m.write(0, None, put("a", "1"))).result, WriteResult::Previous(None));
-    assert_eq!(written(&m.write(0, None, put("a", "2"))).result, WriteResult::Previous(b("1")));
-    let cas = |expected: Option<Bytes>, new: Option<Bytes>| WriteOp::Cas { key: Bytes::from("a"), expected, new };
-    assert_eq!(written(&m.write(0, None, cas(b("1"), b("3")))).result, WriteResult::Cas { swapped: false, current: b("2") });
-    assert_eq!(written(&m.write(0, None, cas(b("2"), b("3")))).result, WriteResult::Cas { swapped: true, current: b("3") });
-    assert_eq!(written(&m.write(0, None, cas(None, b("x")))).result, WriteResult::Cas { swapped: false, current: b("3") });
-    assert_eq!(written(&m.write(0, None, cas(b("3"), None))).result, WriteResult::Cas { swapped: true, current: None });
+    let put = |k: &str, v: &str| WriteOp::Put {
+        key: Bytes::from(k),
+        value: Bytes::from(v),
+    };
+    assert_eq!(
+        written(&m.write(0, None, put("a", "1"))).result,
+        WriteResult::Previous(None)
+    );
+    assert_eq!(
+        written(&m.write(0, None, put("a", "2"))).result,
+        WriteResult::Previous(b("1"))
+    );
+    let cas = |expected: Option<Bytes>, new: Option<Bytes>| WriteOp::Cas {
+        key: Bytes::from("a"),
+        expected,
+        new,
+    };
+    assert_eq!(
+        written(&m.write(0, None, cas(b("1"), b("3")))).result,
+        WriteResult::Cas {
+            swapped: false,
+            current: b("2")
+        }
+    );
+    assert_eq!(
+        written(&m.write(0, None, cas(b("2"), b("3")))).result,
+        WriteResult::Cas {
+            swapped: true,
+            current: b("3")
+        }
+    );
+    assert_eq!(
+        written(&m.write(0, None, cas(None, b("x")))).result,
+        WriteResult::Cas {
+            swapped: false,
+            current: b("3")
+        }
+    );
+    assert_eq!(
+        written(&m.write(0, None, cas(b("3"), None))).result,
+        WriteResult::Cas {
+            swapped: true,
+            current: None
+        }
+    );
     assert_eq!(m.get(b"a"), None);
-    assert_eq!(written(&m.write(0, None, cas(None, b("4")))).result, WriteResult::Cas { swapped: true, current: b("4") });
-    assert_eq!(written(&m.write(0, None, append("a", "56"))).result, WriteResult::Appended { len: 3 });
-    let del = WriteOp::Delete { key: Bytes::from("a") };
-    assert_eq!(written(&m.write(0, None, del.clone())).result, WriteResult::Previous(b("456")));
-    assert_eq!(written(&m.write(0, None, del)).result, WriteResult::Previous(None));
+    assert_eq!(
+        written(&m.write(0, None, cas(None, b("4")))).result,
+        WriteResult::Cas {
+            swapped: true,
+            current: b("4")
+        }
+    );
+    assert_eq!(
+        written(&m.write(0, None, append("a", "56"))).result,
+        WriteResult::Appended { len: 3 }
+    );
+    let del = WriteOp::Delete {
+        key: Bytes::from("a"),
+    };
+    assert_eq!(
+        written(&m.write(0, None, del.clone())).result,
+        WriteResult::Previous(b("456"))
+    );
+    assert_eq!(
+        written(&m.write(0, None, del)).result,
+        WriteResult::Previous(None)
+    );
     let w = m.write(0, None, append("n", "1"));
-    assert_eq!(written(&w).index, m.index, "every write reports the index it committed at");
+    assert_eq!(
+        written(&w).index,
+        m.index,
+        "every write reports the index it committed at"
+    );
 }
 
 /// A command no replica can decode is answered with an error on every replica alike;
@@ -175,7 +257,10 @@ fn keys_up_to_4_kib_are_stored_and_scanned_in_order() {
         b"zz".to_vec(),
     ];
     for (i, k) in keys.iter().enumerate() {
-        let op = WriteOp::Put { key: Bytes::from(k.clone()), value: Bytes::from(format!("v{i}")) };
+        let op = WriteOp::Put {
+            key: Bytes::from(k.clone()),
+            value: Bytes::from(format!("v{i}")),
+        };
         m.write(0, None, op);
     }
     for (i, k) in keys.iter().enumerate() {
@@ -193,7 +278,13 @@ fn keys_up_to_4_kib_are_stored_and_scanned_in_order() {
     assert_eq!(first3, keys[1..4].to_vec());
     assert!(more);
     // Deleting a long key removes only it.
-    m.write(0, None, WriteOp::Delete { key: Bytes::from(keys[3].clone()) });
+    m.write(
+        0,
+        None,
+        WriteOp::Delete {
+            key: Bytes::from(keys[3].clone()),
+        },
+    );
     assert_eq!(m.get(&keys[3]), None);
     assert_eq!(m.scan(b"", None, 100).0.len(), keys.len() - 1);
 }
