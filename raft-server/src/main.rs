@@ -463,7 +463,13 @@ async fn kv(conn: ConnArgs, op: KvOp) -> Result<(), String> {
         }
         KvOp::Append { key, value } => {
             let w = client.append(key, value).await.map_err(e)?;
-            println!("OK (committed at index {}; {:?})", w.index, w.result);
+            match w.result {
+                raft_server::proto::WriteResult::Appended { len } => println!(
+                    "OK (committed at index {}; the value is now {len} bytes)",
+                    w.index
+                ),
+                other => println!("OK (committed at index {}; {other:?})", w.index),
+            }
         }
         KvOp::Scan {
             prefix,
@@ -534,11 +540,13 @@ async fn statuses(
     client: &Client,
     addrs: &[SocketAddr],
 ) -> Vec<(SocketAddr, Result<Status, String>)> {
-    let mut out = Vec::new();
-    for &a in addrs {
-        out.push((a, client.status_of(a).await.map_err(|e| e.to_string())));
-    }
-    out
+    // Concurrently: a node that is down costs one attempt timeout, not one each.
+    futures::future::join_all(
+        addrs
+            .iter()
+            .map(|&a| async move { (a, client.status_of(a).await.map_err(|e| e.to_string())) }),
+    )
+    .await
 }
 
 async fn cluster(conn: ConnArgs, op: ClusterOp) -> Result<(), String> {
@@ -691,7 +699,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         .and_then(|(_, c)| c.id());
     if let Some(pid) = leader_pid {
         println!(
-            "  kill {pid}        # stop the leader: the others elect a new one and keep serving"
+            "  kill -9 {pid}     # crash the leader: the others elect a new one and keep serving"
         );
     }
     println!("Restart a stopped node with: {me} run --config {dir}/node<ID>.toml");
@@ -702,29 +710,36 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     }
     let mut last_leader = Some(leader);
     let mut exited = vec![false; children.len()];
+    // One listener for the whole watch: a signal that arrives while a status poll
+    // runs must not be missed.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = shutdown_signal() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        for (i, (id, child)) in children.iter_mut().enumerate() {
-            if !exited[i]
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                exited[i] = true;
-                println!("node {id} exited ({status})");
+        let watch = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for (i, (id, child)) in children.iter_mut().enumerate() {
+                if !exited[i]
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    exited[i] = true;
+                    println!("node {id} exited ({status})");
+                }
             }
-        }
-        let now = statuses(&client, &addrs)
-            .await
-            .into_iter()
-            .filter_map(|(_, s)| s.ok())
-            .find_map(|s| s.leader.map(|l| (l, s.term)));
-        if let Some((l, t)) = now
-            && Some(l) != last_leader
-        {
-            println!("node {l} now leads (term {t})");
-            last_leader = Some(l);
+            let now = statuses(&client, &addrs)
+                .await
+                .into_iter()
+                .filter_map(|(_, s)| s.ok())
+                .find_map(|s| s.leader.map(|l| (l, s.term)));
+            if let Some((l, t)) = now
+                && Some(l) != last_leader
+            {
+                println!("node {l} now leads (term {t})");
+                last_leader = Some(l);
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = watch => {}
         }
     }
     println!("stopping the cluster");
