@@ -16,9 +16,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`kv`] (the state machine and its sessions), [`proto`] (the client
+//! Modules: [`bench`] (the load generator), [`kv`] (the state machine and its sessions), [`proto`] (the client
 //! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dev;
