@@ -1,5 +1,6 @@
-//! What both benchmarks share: the tiny key-value [`Machine`] of the tests, and
-//! entry and command builders.
+//! What `snapshot_latency` uses: the tiny key-value [`Machine`] of the tests, and
+//! entry and command builders. The workspace's criterion suite has a copy
+//! (`benches/benches/lmdb.rs`, in the `benches` crate).
 
 use raft_proto::{Bytes, Entry, EntryPayload, LogId, LogIndex, Term};
 use raft_storage_lmdb::{ApplyContext, LmdbError, Machine};

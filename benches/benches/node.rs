@@ -1,16 +1,14 @@
 //! The async `Node` end to end, in process.
 //!
-//! One iteration of `propose/clients=N` is one operation: an empty command proposed to
-//! the leader of a 3-node cluster (in-memory log and state machine, in-process
-//! transport, tokio with 2 worker threads) and its response returned to the proposer
-//! after the leader applied it. N proposers run concurrently, each with one request in
-//! flight; throughput is operations per second. (The workload of openraft's
-//! `benchmarks/minimal`.)
+//! One iteration of `propose/clients/N` (N = 1, 64, 256, 4096) is one operation: an
+//! empty command proposed to the leader of a 3-node cluster (in-memory log and state
+//! machine, in-process transport, tokio with 2 worker threads) and its response
+//! returned to the proposer after the leader applied it. N proposers run concurrently,
+//! each with one request in flight; throughput is operations per second. (The workload
+//! of openraft's `benchmarks/minimal`.) The cluster is started once, before the first
+//! of these benches that runs, and shared by all of them.
 
-// A benchmark measures wall-clock time; the core itself never reads a clock.
-#![allow(clippy::disallowed_methods)]
-
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use raft_core::Config;
 use raft_core::node::{Environment, Node, NodeOptions, Runtime};
 use raft_core::rt::tokio::TokioRuntime;
@@ -59,7 +57,8 @@ fn propose(c: &mut Criterion) {
         .enable_time()
         .build()
         .expect("tokio");
-    let (nodes, leader) = cluster(&rt);
+    // Started by the first bench that runs (a filter may skip them all).
+    let mut started: Option<(Vec<Node>, Node)> = None;
     let mut group = c.benchmark_group("propose");
     group.throughput(Throughput::Elements(1));
     for clients in [1usize, 64, 256, 4096] {
@@ -67,6 +66,7 @@ fn propose(c: &mut Criterion) {
             BenchmarkId::new("clients", clients),
             &clients,
             |b, &clients| {
+                let leader = started.get_or_insert_with(|| cluster(&rt)).1.clone();
                 b.iter_custom(|iters| {
                     let per_client = iters.div_ceil(clients as u64);
                     let leader = leader.clone();
@@ -95,12 +95,16 @@ fn propose(c: &mut Criterion) {
         );
     }
     group.finish();
-    rt.block_on(async {
-        for n in &nodes {
-            n.shutdown().await;
-        }
-    });
+    if let Some((nodes, _)) = started {
+        rt.block_on(async {
+            for n in &nodes {
+                n.shutdown().await;
+            }
+        });
+    }
 }
 
-criterion_group!(benches, propose);
-criterion_main!(benches);
+/// The suite of this layer.
+pub(crate) fn suite(c: &mut Criterion) {
+    propose(c);
+}
