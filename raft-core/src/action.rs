@@ -27,6 +27,10 @@ use raft_proto::{Bytes, Entry, HardState, LogId, LogIndex, Message, NodeId, Read
 ///
 /// A driver may overlap work as long as it keeps these dependencies: everything up to
 /// the first `Persist` can go at once, and the `Send`s after a `Persist` wait for it.
+///
+/// Writes queued between two polls are merged where that is safe: consecutive ones,
+/// and ones separated only by the answers that depend on the first (a follower that
+/// received several appends writes them with one sync, then answers them all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send `message` to `to`. Delivery may fail, duplicate or reorder; Raft copes.

@@ -480,3 +480,60 @@ fn replication_lost_append_is_detected_and_resent() {
     c.ticks(3);
     assert_eq!(c.applied_commands(n(2)), vec!["lost", "after"]);
 }
+
+/// The kinds of the actions, for order checks: `P<entries>[T]` for a persist (`T`:
+/// it truncates), `A<match>` for an append answer, `-` for anything else.
+fn shape(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Persist(p) => format!(
+                "P{}{}",
+                p.entries.len(),
+                if p.truncate_from.is_some() { "T" } else { "" }
+            ),
+            Action::Send {
+                message:
+                    Message::AppendResponse(AppendResponse {
+                        result: AppendResult::Success { match_index },
+                        ..
+                    }),
+                ..
+            } => format!("A{}", match_index.0),
+            _ => "-".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn replication_a_follower_writes_the_appends_received_between_polls_with_one_sync() {
+    // Group commit on the follower (dissertation §10.2.1): appends that arrive while
+    // the driver is busy share one durable write; each answer still follows the write
+    // that holds what it acknowledges.
+    let mut c = Cluster::with_logs(&[vec![], vec![1], vec![]], |_| {});
+    let f = c.raft_mut(n(2));
+    f.step(n(1), append(1, (1, 1), &[(1, 2)], 0));
+    f.step(n(1), append(1, (1, 2), &[(1, 3), (1, 4)], 0));
+    f.step(n(1), append(1, (1, 4), &[(1, 5)], 0));
+    assert_eq!(shape(&drain(f)), vec!["P4", "A2", "A4", "A5"]);
+}
+
+#[test]
+fn paper_5_3_an_answer_never_follows_the_truncation_of_what_it_acknowledges() {
+    // "If an existing entry conflicts with a new one, delete the existing entry and all
+    // that follow it": a truncating write must not be merged before an answer that
+    // acknowledges the entries it deletes (that answer must be carried out first).
+    let mut c = Cluster::with_logs(&[vec![], vec![1], vec![]], |_| {});
+    let f = c.raft_mut(n(2));
+    f.step(n(1), append(1, (1, 1), &[(1, 2), (1, 3)], 0));
+    f.step(n(3), append(2, (1, 1), &[(2, 2)], 0));
+    let actions = drain(f);
+    let s = shape(&actions);
+    assert_eq!(s.first().map(String::as_str), Some("P2"), "{s:?}");
+    assert_eq!(s.get(1).map(String::as_str), Some("A3"), "{s:?}");
+    assert!(
+        s.iter().skip(2).any(|a| a == "P1T"),
+        "the truncating write comes after the answer: {s:?}"
+    );
+    assert_eq!(terms(&c, n(2)), vec![1, 2]);
+}
