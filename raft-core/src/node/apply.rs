@@ -41,9 +41,39 @@ pub(crate) fn spawn(
     let rt = runtime.clone();
     runtime.spawn(
         async move {
-            while let Some(job) = jobs.next().await {
+            // A job taken out of the queue while gathering applies, to run next.
+            let mut held: Option<Job> = None;
+            loop {
+                let job = match held.take() {
+                    Some(job) => job,
+                    None => match jobs.next().await {
+                        Some(job) => job,
+                        None => break,
+                    },
+                };
                 match job {
-                    Job::Apply { entries, waiters } => {
+                    Job::Apply {
+                        mut entries,
+                        mut waiters,
+                    } => {
+                        // Applies that queued up while the state machine was busy go
+                        // in one call (one transaction, one sync); they are contiguous
+                        // and in order, and any other job keeps its place after them.
+                        while let Ok(next) = jobs.try_recv() {
+                            match next {
+                                Job::Apply {
+                                    entries: more,
+                                    waiters: more_waiters,
+                                } => {
+                                    entries.extend(more);
+                                    waiters.extend(more_waiters);
+                                }
+                                other => {
+                                    held = Some(other);
+                                    break;
+                                }
+                            }
+                        }
                         let Some(last) = entries.last().map(|e| e.log_id.index) else { continue };
                         let first = entries[0].log_id.index;
                         match sm.apply(&entries).await {
