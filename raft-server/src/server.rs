@@ -488,6 +488,17 @@ impl Shared {
                 Err(e) => return Err(ServerError::Failed(e.to_string())),
             }
         }
+        if let ReadOp::Get { key } = &op {
+            // A point read from LMDB's map takes microseconds: here, not on another
+            // thread (a hand-off costs more than the read).
+            return self
+                .sm
+                .read(|view| kv::get(view.txn, view.data, key))
+                .map(|value| Response::Value {
+                    value: value.map(Bytes::from),
+                })
+                .map_err(|e| ServerError::Failed(format!("read failed: {e}")));
+        }
         let sm = self.sm.clone();
         let read = tokio::task::spawn_blocking(move || {
             sm.read(|view| match op {
