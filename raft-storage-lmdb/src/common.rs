@@ -145,19 +145,30 @@ impl DirLock {
     }
 }
 
+/// How an environment's commits reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EnvSync {
+    /// LMDB's default: a commit is durable when it returns (data pages flushed, then
+    /// the meta page).
+    Full,
+    /// `MDB_NOMETASYNC`: a commit flushes its data pages but leaves its meta page to
+    /// the next commit. Consistent after any crash; an OS crash may undo the last
+    /// commit.
+    NoMetaSync,
+    /// `MDB_NOSYNC`: no flush; the OS writes the pages back, or `force_sync` does.
+    /// Intact after a process crash; after an OS crash the environment must be
+    /// treated as lost (the state machine rebuilds it from a snapshot).
+    NoSync,
+}
+
 /// Opens (creating) an environment in `dir` with `dbs` named databases, and clears
 /// reader slots left by dead processes.
 #[allow(unsafe_code)] // heed's open is unsafe: see the SAFETY note.
-///
-/// With `defer_meta_sync`, a commit syncs its data pages but not the meta page that
-/// points at them (LMDB's `MDB_NOMETASYNC`): one `fdatasync` per commit instead of
-/// two. The database stays consistent, but an OS crash (not a process crash) may undo
-/// the last commit; only for data that can be rebuilt from a durable source.
 pub(crate) fn open_env(
     dir: &Path,
     config: &EnvConfig,
     dbs: u32,
-    defer_meta_sync: bool,
+    sync: EnvSync,
 ) -> Result<Env<WithoutTls>, LmdbError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| LmdbError::io(format!("create {}", dir.display()), e))?;
@@ -165,13 +176,19 @@ pub(crate) fn open_env(
     options
         .map_size(round_to_page(config.map_size))
         .max_dbs(dbs);
-    if defer_meta_sync {
-        // SAFETY: heed marks every flag unsafe because some (NO_SYNC, NO_LOCK) can
-        // corrupt the database; NO_META_SYNC keeps it consistent ("preserves the ACI
-        // but not the D property", LMDB's documentation), and callers pass it only for
-        // data they can replay.
+    let flags = match sync {
+        EnvSync::Full => None,
+        EnvSync::NoMetaSync => Some(heed::EnvFlags::NO_META_SYNC),
+        EnvSync::NoSync => Some(heed::EnvFlags::NO_SYNC),
+    };
+    if let Some(flags) = flags {
+        // SAFETY: heed marks these flags unsafe because they trade durability:
+        // NO_META_SYNC keeps the database consistent ("preserves the ACI but not the D
+        // property", LMDB's documentation); NO_SYNC may leave it inconsistent after an
+        // OS crash, which is why its only user (the state machine's deferred applies)
+        // discards the environment after one and rebuilds it from a snapshot.
         unsafe {
-            options.flags(heed::EnvFlags::NO_META_SYNC);
+            options.flags(flags);
         }
     }
     // SAFETY: each environment path is opened once per process (the directory lock

@@ -10,5 +10,7 @@ mod worker;
 
 pub use common::{EnvConfig, FORMAT_VERSION, LmdbError};
 pub use log_store::LmdbLogStore;
-pub use state_machine::{ApplyContext, Db, LmdbStateMachine, Machine, SmConfig, View};
+pub use state_machine::{
+    ApplyContext, ApplyDurability, Db, LmdbStateMachine, Machine, SmConfig, View,
+};
 pub use worker::WorkerGone;

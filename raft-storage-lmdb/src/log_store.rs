@@ -46,7 +46,7 @@ impl LmdbLogStore {
     pub fn open(dir: impl AsRef<Path>, config: EnvConfig) -> Result<LmdbLogStore, LmdbError> {
         let dir = dir.as_ref().to_path_buf();
         let lock = DirLock::acquire(&dir)?;
-        let env = common::open_env(&dir, &config, 4, false)?;
+        let env = common::open_env(&dir, &config, 4, common::EnvSync::Full)?;
         let wtxn = env.write_txn()?;
         let (entries, meta): (Entries, Meta) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {

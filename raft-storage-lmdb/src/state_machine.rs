@@ -98,13 +98,33 @@ pub struct SmConfig {
     /// defaults, write p99 during a 262 MiB snapshot stayed within 1.5x of p99 without
     /// one here; unpaced, it was 4-46x.
     pub snapshot_write_rate: Option<u64>,
-    /// Make every apply durable on its own (two `fdatasync`s per applied batch).
-    /// Default `false`: an apply syncs its pages but defers the meta page to the next
-    /// commit (LMDB's `MDB_NOMETASYNC`, one `fdatasync`), so an OS crash (not a process
-    /// crash) may undo the last applied batch; the node applies it again from the log,
-    /// which is durable. A snapshot forces everything to disk before it counts as
-    /// built, so the log is never compacted past what the state machine holds durably.
-    pub durable_applies: bool,
+    /// How applies reach the disk (default [`ApplyDurability::Deferred`]).
+    pub apply_durability: ApplyDurability,
+    /// Tests only: the boot id to assume instead of the machine's (to play an OS
+    /// crash without one).
+    pub boot_id_for_tests: Option<String>,
+}
+
+/// How the state machine's applies reach the disk. The log is always durable: what a
+/// crash takes from the state machine, the node applies again from the log, and a
+/// snapshot forces every apply to disk before it counts as built, so the log is never
+/// compacted past what the state machine can recover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyDurability {
+    /// Each apply is durable when it returns (LMDB's default: two flushes per batch).
+    Synced,
+    /// One flush per apply (`MDB_NOMETASYNC`): consistent after any crash; an OS crash
+    /// may undo the last applied batch.
+    MetaDeferred,
+    /// No flush per apply (`MDB_NOSYNC`): the OS writes applies back in its own time,
+    /// and a snapshot forces them. A process crash loses nothing (the pages are in the
+    /// OS's cache). An OS crash may leave the environment inconsistent, so it is never
+    /// trusted after one: while applies are pending, a `DIRTY` file holds the boot id,
+    /// and an open that finds another boot id discards the state and rebuilds it from
+    /// the newest snapshot file; the node then applies the log after it again. On
+    /// this project's 2-core test machine this took a 3-node put from 1.3 to 0.95 ms
+    /// and 64 clients from 9,400 to 13,100 puts/s.
+    Deferred,
 }
 
 impl Default for SmConfig {
@@ -118,7 +138,8 @@ impl Default for SmConfig {
             keep_snapshots: 2,
             snapshot_sync_bytes: 256 << 10,
             snapshot_write_rate: Some(100 << 20),
-            durable_applies: false,
+            apply_durability: ApplyDurability::Deferred,
+            boot_id_for_tests: None,
         }
     }
 }
@@ -193,6 +214,38 @@ struct Shared {
     _lock: DirLock,
 }
 
+/// The file that says applies may be in the OS's cache only (see
+/// [`ApplyDurability::Deferred`]); it holds the boot id of the machine that wrote it.
+const DIRTY: &str = "DIRTY";
+
+/// This boot's id (Linux); `None` elsewhere, which makes every unclean stop count as
+/// an OS crash.
+fn machine_boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+impl Drop for Shared {
+    /// A clean close: flush what the OS still holds, then drop the mark.
+    fn drop(&mut self) {
+        if self.config.apply_durability != ApplyDurability::Deferred {
+            return;
+        }
+        let flushed = self.current().env.force_sync();
+        match flushed {
+            Ok(()) => {
+                let _ = fs::remove_file(self.dir.join(DIRTY));
+                let _ = common::sync_dir(&self.dir);
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot flush the state machine at close; it will be rebuilt after an OS crash")
+            }
+        }
+    }
+}
+
 impl Shared {
     fn current(&self) -> Arc<Current> {
         self.current
@@ -242,7 +295,12 @@ impl<M: Machine> Clone for LmdbStateMachine<M> {
 }
 
 fn open_current(dir: &Path, name: &str, config: &SmConfig) -> Result<Current, LmdbError> {
-    let env = common::open_env(&dir.join(name), &config.env, 4, !config.durable_applies)?;
+    let sync = match config.apply_durability {
+        ApplyDurability::Synced => common::EnvSync::Full,
+        ApplyDurability::MetaDeferred => common::EnvSync::NoMetaSync,
+        ApplyDurability::Deferred => common::EnvSync::NoSync,
+    };
+    let env = common::open_env(&dir.join(name), &config.env, 4, sync)?;
     let wtxn = env.write_txn()?;
     let (data, sessions, meta): (Db, Db, MetaDb) = env
         .create_databases_and_commit(wtxn, |o, wtxn| -> Result<_, heed::Error> {
@@ -299,6 +357,37 @@ impl<M: Machine> LmdbStateMachine<M> {
                 fs::create_dir_all(dir.join(sub)),
             )?;
         }
+        // After an OS crash with applies that were never flushed, the state cannot be
+        // trusted: start from the newest snapshot instead (installed below).
+        let boot = config.boot_id_for_tests.clone().or_else(machine_boot_id);
+        let rebuild = match fs::read_to_string(dir.join(DIRTY)) {
+            Ok(written) => boot.as_deref() != Some(written.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(LmdbError::io(
+                    format!("read {}", dir.join(DIRTY).display()),
+                    e,
+                ));
+            }
+        };
+        if rebuild {
+            tracing::warn!(dir = %dir.display(), "the machine restarted while applies were not yet on disk (an OS crash or power loss): discarding the state; it is rebuilt from the newest snapshot and the node applies the log after it again");
+            for entry in io(|| format!("list {}", dir.display()), fs::read_dir(&dir))?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("state-") {
+                    io(
+                        || format!("remove {}", entry.path().display()),
+                        fs::remove_dir_all(entry.path()),
+                    )?;
+                }
+            }
+            match fs::remove_file(dir.join("CURRENT")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LmdbError::io("remove CURRENT", e));
+                }
+                _ => {}
+            }
+            common::sync_dir(&dir)?;
+        }
         let current_file = dir.join("CURRENT");
         let name = match fs::read_to_string(&current_file) {
             Ok(s) => s.trim().to_string(),
@@ -351,6 +440,20 @@ impl<M: Machine> LmdbStateMachine<M> {
             counter: AtomicU64::new(0),
             _lock: lock,
         });
+        if rebuild && let Some(newest) = list_snapshots(&shared)?.into_iter().next() {
+            rebuild_from_snapshot(&shared, &newest.meta)?;
+        }
+        // From here on applies may be pending in the OS's cache: mark the directory
+        // with this boot's id (a clean close removes the mark after a flush).
+        let marker = shared.dir.join(DIRTY);
+        if shared.config.apply_durability == ApplyDurability::Deferred {
+            write_synced(&marker, boot.as_deref().unwrap_or("unknown").as_bytes())?;
+            common::sync_dir(&shared.dir)?;
+        } else if marker.exists() {
+            shared.current().env.force_sync()?;
+            io(|| "remove DIRTY".to_string(), fs::remove_file(&marker))?;
+            common::sync_dir(&shared.dir)?;
+        }
         let applier = Worker::start("raft-sm-apply", ())
             .map_err(|e| LmdbError::io("start the apply thread", e))?;
         let io_worker = Worker::start("raft-sm-io", ())
@@ -751,16 +854,13 @@ fn start_writeback(file: &File, _offset: u64, _len: u64) -> std::io::Result<()> 
     file.sync_data()
 }
 
-fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
-    let part = shared.incoming(meta.id);
-    let bytes = io(|| format!("read {}", part.display()), fs::read(&part))?;
-    let size = snapshot_file::verify(&bytes[..])?;
-    let crc = u32::from_le_bytes(
-        bytes[bytes.len() - 4..]
-            .try_into()
-            .map_err(|_| LmdbError::corrupt("snapshot", "trailer"))?,
-    );
-    // Build the new state in a new directory.
+/// Builds the state of snapshot `meta` (its file's bytes, verified) in a new state
+/// directory, on disk; returns it and its name (not switched to yet).
+fn build_state(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+) -> Result<(Current, String), LmdbError> {
     let old = shared.current();
     let n: u64 = old.name.trim_start_matches("state-").parse().unwrap_or(0);
     let name = format!("state-{:06}", n + 1);
@@ -781,6 +881,37 @@ fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
         .put(&mut txn, "applied", &sealed(&meta.last_log_id)?)?;
     txn.commit()?;
     next.env.force_sync()?;
+    Ok((next, name))
+}
+
+/// After an OS crash: the state of our own newest snapshot, from its file.
+fn rebuild_from_snapshot(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
+    let path = shared.snapshot_path(meta.id, "snap");
+    let bytes = io(|| format!("read {}", path.display()), fs::read(&path))?;
+    snapshot_file::verify(&bytes[..])?;
+    let (next, name) = build_state(shared, meta, &bytes)?;
+    let old = shared.current();
+    write_current(&shared.dir, &name)?;
+    *shared
+        .current
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    let _ = fs::remove_dir_all(shared.dir.join(&old.name));
+    tracing::warn!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "rebuilt the state from the newest snapshot");
+    Ok(())
+}
+
+fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
+    let part = shared.incoming(meta.id);
+    let bytes = io(|| format!("read {}", part.display()), fs::read(&part))?;
+    let size = snapshot_file::verify(&bytes[..])?;
+    let crc = u32::from_le_bytes(
+        bytes[bytes.len() - 4..]
+            .try_into()
+            .map_err(|_| LmdbError::corrupt("snapshot", "trailer"))?,
+    );
+    let (next, name) = build_state(shared, meta, &bytes)?;
+    let old = shared.current();
     // Keep the received file as our snapshot, so it can be served to others.
     let snap = shared.snapshot_path(meta.id, "snap");
     io(

@@ -210,3 +210,87 @@ fn old_snapshots_are_pruned_and_their_space_recycled() {
     assert!(names.iter().any(|n| n == "spare"), "{names:?}");
     assert_eq!(names.len(), 5, "{names:?}");
 }
+
+/// Copies a directory tree (an image of the disk at one moment).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn config_on_boot(boot: &str) -> SmConfig {
+    SmConfig {
+        boot_id_for_tests: Some(boot.into()),
+        ..SmConfig::default()
+    }
+}
+
+fn x_and_applied(sm: &LmdbStateMachine<Kv>) -> (Option<Vec<u8>>, u64) {
+    let x = sm
+        .read(|v| Ok(v.data.get(v.txn, b"x")?.map(<[u8]>::to_vec)))
+        .unwrap();
+    let applied = futures::executor::block_on(sm.state()).unwrap().applied;
+    (x, applied.index.0)
+}
+
+#[test]
+fn deferred_applies_survive_a_process_crash_and_are_rebuilt_from_a_snapshot_after_an_os_crash() {
+    use raft_proto::{Membership, NodeId, SnapshotMeta};
+    let root = tempfile::tempdir().unwrap();
+    let live = root.path().join("live");
+    let sm = LmdbStateMachine::open(&live, Kv, config_on_boot("boot-1")).unwrap();
+    futures::executor::block_on(async {
+        sm.apply(&[
+            entry(1, kv_command("put", "x", "a")),
+            entry(2, kv_command("append", "x", "b")),
+            entry(3, kv_command("append", "x", "c")),
+        ])
+        .await
+        .unwrap();
+        sm.begin_snapshot(SnapshotMeta {
+            last_log_id: LogId::new(Term(1), LogIndex(3)),
+            membership: Membership::voters([NodeId(1)]),
+            id: 0,
+        })
+        .await
+        .unwrap();
+        sm.apply(&[
+            entry(4, kv_command("append", "x", "d")),
+            entry(5, kv_command("append", "x", "e")),
+        ])
+        .await
+        .unwrap();
+    });
+    // Two images of the disk while it runs, applies 4-5 not flushed: the DIRTY mark
+    // says boot-1.
+    assert!(live.join("DIRTY").exists());
+    let (process_crash, os_crash) = (root.path().join("p"), root.path().join("o"));
+    copy_tree(&live, &process_crash);
+    copy_tree(&live, &os_crash);
+
+    // The same boot (only the process died): the OS kept every page; nothing is lost.
+    let after = LmdbStateMachine::open(&process_crash, Kv, config_on_boot("boot-1")).unwrap();
+    assert_eq!(x_and_applied(&after), (Some(b"abcde".to_vec()), 5));
+
+    // Another boot: the state is not trusted; the newest snapshot (index 3) is, and the
+    // node would apply the log from 4 again.
+    let after = LmdbStateMachine::open(&os_crash, Kv, config_on_boot("boot-2")).unwrap();
+    assert_eq!(x_and_applied(&after), (Some(b"abc".to_vec()), 3));
+    let again =
+        futures::executor::block_on(after.apply(&[entry(4, kv_command("append", "x", "d"))]))
+            .unwrap();
+    assert_eq!(again[0], Bytes::from("abcd"));
+
+    // A clean close flushes and drops the mark: another boot then trusts the state.
+    drop(sm);
+    assert!(!live.join("DIRTY").exists());
+    let reopened = LmdbStateMachine::open(&live, Kv, config_on_boot("boot-2")).unwrap();
+    assert_eq!(x_and_applied(&reopened), (Some(b"abcde".to_vec()), 5));
+}
