@@ -22,6 +22,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod data_dir;
 pub mod dev;
 pub mod kv;
 pub mod metrics;

@@ -52,6 +52,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory belongs to another node or cluster.
+    #[error(transparent)]
+    DataDirIdentity(#[from] crate::data_dir::DataDirError),
     /// The Raft node refused the stored state.
     #[error("raft: {0}")]
     Node(#[from] raft_core::node::StartError),
@@ -202,6 +205,7 @@ impl Server {
             path: c.data_dir.clone(),
             source,
         })?;
+        crate::data_dir::check(&c.data_dir, config.id, &identity.ca)?;
         let log = LmdbLogStore::open(c.data_dir.join("log"), EnvConfig::default())?;
         let sm = LmdbStateMachine::open(c.data_dir.join("sm"), Kv, SmConfig::default())?;
         let mut addresses = config.peers.clone();
