@@ -114,6 +114,11 @@ struct SessionRecord {
     ttl_ms: u64,
     /// Responses kept (`r` keys of this session).
     cached: u64,
+    /// The highest `acked_below` seen: every request numbered below it was answered
+    /// and acknowledged, so a late copy of one (delayed in the network, or in a
+    /// deposed leader's log) is refused rather than applied a second time after its
+    /// cached response was dropped.
+    acked_below: u64,
 }
 
 impl SessionRecord {
@@ -420,19 +425,21 @@ impl Kv {
                 result: WriteResult::Refused(e),
             })
         };
-        if s.seq < s.acked_below {
+        let acked_below = record.acked_below.max(s.acked_below);
+        if s.seq < acked_below {
             let e = ServerError::Invalid(format!(
-                "request {} was already acknowledged (acked below {})",
-                s.seq, s.acked_below
+                "request {} was already acknowledged (acked below {acked_below})",
+                s.seq
             ));
             return Ok(refused(e));
         }
         let old_expiry = record.expires();
         record.last_active_ms = now;
+        record.acked_below = acked_below;
         record.cached =
             record
                 .cached
-                .saturating_sub(Self::drop_responses(cx, s.client_id, s.acked_below)?);
+                .saturating_sub(Self::drop_responses(cx, s.client_id, acked_below)?);
         let response = if record.cached >= MAX_CACHED_RESPONSES {
             refused(ServerError::Busy(format!(
                 "session {} has {} unacknowledged requests",
@@ -475,6 +482,7 @@ impl Machine for Kv {
                         last_active_ms: now,
                         ttl_ms,
                         cached: 0,
+                        acked_below: 0,
                     },
                     None,
                 )?;

@@ -115,6 +115,27 @@ fn acknowledged_responses_are_forgotten_and_their_requests_refused() {
     assert_eq!(m.get(b"k").as_deref(), Some(&b"ab"[..]));
 }
 
+/// §6.3: a late copy of an applied request, carrying its own (older) acknowledgement
+/// point, arrives after the client acknowledged it and its response was dropped (a
+/// packet delayed in a partition, an entry in a deposed leader's log). The session
+/// remembers the highest acknowledgement seen and refuses the copy: applied once.
+#[test]
+fn dissertation_6_3_a_late_copy_of_an_acknowledged_request_is_not_applied_again() {
+    let mut m = Machine::new();
+    let id = m.register(0, 60_000);
+    m.write(1, Some((id, 1, 1)), append("k", "a"));
+    // The client's next request acknowledges request 1: its response is dropped.
+    m.write(2, Some((id, 2, 2)), append("k", "b"));
+    // The late copy of request 1 as it was first sent: (seq 1, acked below 1).
+    match written(&m.write(3, Some((id, 1, 1)), append("k", "a"))).result {
+        WriteResult::Refused(ServerError::Invalid(ref e)) => {
+            assert!(e.contains("already acknowledged"), "{e}")
+        }
+        ref other => panic!("the late copy was not refused: {other:?}"),
+    }
+    assert_eq!(m.get(b"k").as_deref(), Some(&b"ab"[..]), "applied once");
+}
+
 /// Sessions expire by the time in the entries, not by any node's clock: the same
 /// entries expire the same sessions on every replica. Time never runs backwards.
 #[test]
