@@ -78,14 +78,20 @@ impl LmdbError {
         }
     }
 
-    /// Whether the error is a full disk (or quota): worth waiting out.
-    pub(crate) fn is_disk_full(&self) -> bool {
+    /// Whether the error is a full disk (or quota) under `dir`: worth waiting out.
+    ///
+    /// LMDB reports a page write that the disk cut short as `EIO`, not `ENOSPC` (seen
+    /// on a full ext4: the apply failed with "Input/output error"), so an `EIO` counts
+    /// as a full disk when the filesystem holding `dir` has (almost) no space left.
+    pub(crate) fn is_disk_full(&self, dir: &Path) -> bool {
         let io = match self {
             LmdbError::Heed(heed::Error::Io(e)) | LmdbError::Io { source: e, .. } => e,
             _ => return false,
         };
         matches!(io.raw_os_error(), Some(28 /* ENOSPC */ | 122 /* EDQUOT */))
             || io.kind() == std::io::ErrorKind::StorageFull
+            || (io.raw_os_error() == Some(5 /* EIO */)
+                && free_bytes(dir).is_some_and(|free| free < 1 << 20))
     }
 
     pub(crate) fn into_storage(self, operation: &'static str) -> StorageError {
@@ -143,6 +149,25 @@ impl DirLock {
             }
         }
     }
+}
+
+/// Bytes free for this process on the filesystem holding `dir` (`None` if unknown):
+/// the smaller of what any user and what root may still use.
+#[allow(unsafe_code)] // statvfs(3) through libc: see the SAFETY note.
+#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` is plain old data, valid when zeroed; the call gets a valid
+    // NUL-terminated path and a valid pointer to it, and writes only into it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    let block = (st.f_frsize as u64).max(1);
+    Some((st.f_bavail as u64).min(st.f_bfree as u64) * block)
 }
 
 /// How an environment's commits reach the disk.

@@ -193,7 +193,8 @@ impl State {
                     }
                 }
                 Err(e)
-                    if e.is_disk_full() && started.elapsed() < self.config.disk_full_patience =>
+                    if e.is_disk_full(self.env.path())
+                        && started.elapsed() < self.config.disk_full_patience =>
                 {
                     tracing::error!(dir = %self.env.path().display(), what, error = %e, "disk full: waiting for space before writing again");
                     std::thread::sleep(backoff);

@@ -609,7 +609,8 @@ fn apply_batch<M: Machine>(
                 }
             }
             Err(e)
-                if e.is_disk_full() && started.elapsed() < shared.config.env.disk_full_patience =>
+                if e.is_disk_full(&shared.dir)
+                    && started.elapsed() < shared.config.env.disk_full_patience =>
             {
                 tracing::error!(error = %e, "disk full: waiting for space before applying");
                 std::thread::sleep(backoff);
