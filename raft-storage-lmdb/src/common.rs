@@ -218,7 +218,26 @@ pub(crate) fn open_env(
     }
     // SAFETY: each environment path is opened once per process (the directory lock
     // and distinct directories guarantee it), and no other code maps these files.
-    let env = unsafe { options.open(dir)? };
+    let env = unsafe { options.open(dir) }.map_err(|e| match e {
+        heed::Error::Mdb(heed::MdbError::Invalid | heed::MdbError::Corrupted) => {
+            LmdbError::corrupt(
+                dir.join("data.mdb").display().to_string(),
+                format!(
+                    "{e}: its headers are damaged; restore the directory from a backup, or move it \
+                 away and start the node empty so that it catches up from the others"
+                ),
+            )
+        }
+        heed::Error::Mdb(heed::MdbError::VersionMismatch) => LmdbError::Invalid(format!(
+            "{}: written by another LMDB version ({e})",
+            dir.display()
+        )),
+        heed::Error::Io(io) => LmdbError::io(
+            format!("open the LMDB environment in {}", dir.display()),
+            io,
+        ),
+        other => LmdbError::from(other),
+    })?;
     let stale = env.clear_stale_readers()?;
     if stale > 0 {
         tracing::info!(dir = %dir.display(), stale, "cleared stale LMDB reader slots");

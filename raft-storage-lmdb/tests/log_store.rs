@@ -155,3 +155,31 @@ fn unsafe_open(dir: &Path) -> heed::Env {
     // SAFETY: the store that used this directory is closed; nothing else maps it.
     unsafe { options.open(dir).unwrap() }
 }
+
+#[test]
+fn a_log_file_with_damaged_headers_is_refused_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_when_free(dir.path());
+        drop(store);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // LMDB keeps two meta pages at the start of data.mdb: damage both.
+    let file = dir.path().join("data.mdb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in bytes.iter_mut().take(8192) {
+        *b = 0xA5;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    match LmdbLogStore::open(dir.path(), raft_storage_lmdb::EnvConfig::default()) {
+        Ok(_) => panic!("a log whose headers are destroyed was opened"),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("{msg}");
+            assert!(
+                msg.contains("data.mdb") && msg.contains("catches up from the others"),
+                "{msg}"
+            );
+        }
+    }
+}

@@ -294,3 +294,58 @@ fn deferred_applies_survive_a_process_crash_and_are_rebuilt_from_a_snapshot_afte
     let reopened = LmdbStateMachine::open(&live, Kv, config_on_boot("boot-2")).unwrap();
     assert_eq!(x_and_applied(&reopened), (Some(b"abcde".to_vec()), 5));
 }
+
+#[test]
+fn a_truncated_or_damaged_snapshot_is_refused_and_the_state_kept() {
+    use raft_proto::{Membership, NodeId, SnapshotMeta};
+    let root = tempfile::tempdir().unwrap();
+    // A real snapshot from one state machine...
+    let source = LmdbStateMachine::open(root.path().join("a"), Kv, SmConfig::default()).unwrap();
+    let meta = futures::executor::block_on(async {
+        source
+            .apply(&[entry(1, kv_command("put", "x", "from-a"))])
+            .await
+            .unwrap();
+        source
+            .begin_snapshot(SnapshotMeta {
+                last_log_id: LogId::new(Term(1), LogIndex(1)),
+                membership: Membership::voters([NodeId(1)]),
+                id: 0,
+            })
+            .await
+            .unwrap()
+    });
+    let (bytes, done) = futures::executor::block_on(source.read_snapshot(meta.id, 0, 1 << 20))
+        .unwrap()
+        .unwrap();
+    assert!(done);
+    // ...received by another, cut short or with a flipped byte: the install fails with
+    // an error, and the receiver keeps its own state.
+    let target = LmdbStateMachine::open(root.path().join("b"), Kv, SmConfig::default()).unwrap();
+    futures::executor::block_on(target.apply(&[entry(1, kv_command("put", "x", "mine"))])).unwrap();
+    let mut flipped = bytes.to_vec();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    for (what, data) in [
+        ("truncated", bytes[..bytes.len() - 7].to_vec()),
+        ("flipped", flipped),
+        ("empty", Vec::new()),
+    ] {
+        futures::executor::block_on(async {
+            target
+                .receive_snapshot(&meta, 0, Bytes::from(data))
+                .await
+                .unwrap();
+            let r = target.install_snapshot(&meta).await;
+            assert!(r.is_err(), "a {what} snapshot was installed");
+            eprintln!(
+                "{what}: {}",
+                r.err().map(|e| e.to_string()).unwrap_or_default()
+            );
+        });
+        let x = target
+            .read(|v| Ok(v.data.get(v.txn, b"x")?.map(<[u8]>::to_vec)))
+            .unwrap();
+        assert_eq!(x.as_deref(), Some(&b"mine"[..]), "after a {what} snapshot");
+    }
+}
