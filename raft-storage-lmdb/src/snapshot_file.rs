@@ -87,6 +87,12 @@ pub(crate) fn verify<R: Read>(input: R) -> Result<u64, LmdbError> {
     let mut all = Vec::new();
     r.read_to_end(&mut all)
         .map_err(|e| LmdbError::io("read a received snapshot", e))?;
+    verify_bytes(&all)
+}
+
+/// [`verify`] on a file already in memory: the trailer's CRC32C over every byte
+/// before it, then every record's framing up to the end record; returns the size.
+pub(crate) fn verify_bytes(all: &[u8]) -> Result<u64, LmdbError> {
     let Some((body, trailer)) = all.split_last_chunk::<4>() else {
         return Err(LmdbError::corrupt(
             "received snapshot",
@@ -101,11 +107,7 @@ pub(crate) fn verify<R: Read>(input: R) -> Result<u64, LmdbError> {
             format!("checksum {actual:08x} does not match the trailer's {expected:08x}"),
         ));
     }
-    let mut n = 0u64;
-    records(body, |_, _, _| {
-        n += 1;
-        Ok(())
-    })?;
+    records(body, |_, _, _| Ok(()))?;
     Ok(all.len() as u64)
 }
 
@@ -191,5 +193,50 @@ mod tests {
             verify(&bytes[..bytes.len() - 1]).is_err(),
             "a truncated file went unnoticed"
         );
+    }
+
+    /// `bytes` with its trailer replaced by the right checksum of the rest.
+    fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let n = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn check_snapshot_bytes_accepts_a_whole_file_and_refuses_any_truncation() {
+        let mut w = SnapshotWriter::new(Vec::new()).expect("writer");
+        w.record(Table::Data, b"key", b"value").expect("record");
+        w.record(Table::Sessions, b"s", &[7; 40]).expect("record");
+        let (bytes, size, _) = w.finish().expect("finish");
+        assert_eq!(crate::check_snapshot_bytes(&bytes).expect("valid"), size);
+        let (empty, empty_size, _) = SnapshotWriter::new(Vec::new())
+            .expect("writer")
+            .finish()
+            .expect("finish");
+        assert_eq!(
+            crate::check_snapshot_bytes(&empty).expect("valid"),
+            empty_size
+        );
+        for len in 0..bytes.len() {
+            assert!(
+                crate::check_snapshot_bytes(&bytes[..len]).is_err(),
+                "a file cut to {len} of {size} bytes was accepted"
+            );
+        }
+        // Cut inside a record (or without its end record) but with a checksum that
+        // matches: the record walk, not the checksum, refuses it.
+        for cut in 12..bytes.len() - 4 {
+            let mut short = bytes[..cut].to_vec();
+            short.extend_from_slice(&[0; 4]);
+            let err = crate::check_snapshot_bytes(&resealed(short)).expect_err("cut record");
+            assert!(
+                matches!(err, LmdbError::Corruption { .. }),
+                "cut at {cut}: {err}"
+            );
+        }
+        let mut extra = bytes[..bytes.len() - 4].to_vec();
+        extra.extend_from_slice(&[0, 0, 0, 0, 0]);
+        assert!(crate::check_snapshot_bytes(&resealed(extra)).is_err());
     }
 }
