@@ -100,11 +100,16 @@ impl Cluster {
         .unwrap()
     }
 
+    /// Waits until every node applied everything the leader holds. (Not the leader's
+    /// `applied` metric: a proposal is answered by the apply task before the driver
+    /// publishes the new applied index, so that can lag the write just answered.)
     async fn converge(&self, leader: NodeId) {
-        let target = self.nodes[&leader].0.metrics().get().applied;
+        let target = self.nodes[&leader].0.metrics().get().last_log_id.index;
         for (node, _) in self.nodes.values() {
             let mut w = node.metrics();
-            let _ = w.wait_for(|m| m.applied >= target).await;
+            if w.wait_for(|m| m.applied >= target).await.is_none() {
+                panic!("a node stopped before applying index {target}");
+            }
         }
     }
 }
