@@ -661,13 +661,7 @@ fn write_snapshot(
         || "publish the snapshot".to_string(),
         fs::rename(&tmp, shared.snapshot_path(meta.id, "snap")),
     )?;
-    let record = sealed(&SnapshotFileMeta {
-        meta: meta.clone(),
-        size,
-        crc,
-    })?;
-    write_synced(&shared.snapshot_path(meta.id, "meta"), &record)?;
-    common::sync_dir(&shared.snapshots())?;
+    write_snapshot_meta(shared, meta, size, crc)?;
     // Once this snapshot counts as built, the log is compacted behind it: every apply
     // up to it must be on disk first (applies may defer their meta page).
     cur.env.force_sync()?;
@@ -885,19 +879,43 @@ fn build_state(
     Ok((next, name))
 }
 
+/// Records snapshot `meta`'s file (its size and checksum) next to it, durably: from
+/// then on the snapshot is listed and served.
+fn write_snapshot_meta(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    size: u64,
+    crc: u32,
+) -> Result<(), LmdbError> {
+    let record = sealed(&SnapshotFileMeta {
+        meta: meta.clone(),
+        size,
+        crc,
+    })?;
+    write_synced(&shared.snapshot_path(meta.id, "meta"), &record)?;
+    common::sync_dir(&shared.snapshots())
+}
+
+/// Makes `next`, built in the state directory `name`, the live state: one atomic
+/// rename of `CURRENT`, then the old directory goes.
+fn switch_to(shared: &Shared, next: Current, name: &str) -> Result<(), LmdbError> {
+    let old = shared.current();
+    write_current(&shared.dir, name)?;
+    *shared
+        .current
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    let _ = fs::remove_dir_all(shared.dir.join(&old.name));
+    Ok(())
+}
+
 /// After an OS crash: the state of our own newest snapshot, from its file.
 fn rebuild_from_snapshot(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
     let path = shared.snapshot_path(meta.id, "snap");
     let bytes = io(|| format!("read {}", path.display()), fs::read(&path))?;
     snapshot_file::verify(&bytes[..])?;
     let (next, name) = build_state(shared, meta, &bytes)?;
-    let old = shared.current();
-    write_current(&shared.dir, &name)?;
-    *shared
-        .current
-        .write()
-        .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-    let _ = fs::remove_dir_all(shared.dir.join(&old.name));
+    switch_to(shared, next, &name)?;
     tracing::warn!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "rebuilt the state from the newest snapshot");
     Ok(())
 }
@@ -912,27 +930,14 @@ fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
             .map_err(|_| LmdbError::corrupt("snapshot", "trailer"))?,
     );
     let (next, name) = build_state(shared, meta, &bytes)?;
-    let old = shared.current();
     // Keep the received file as our snapshot, so it can be served to others.
     let snap = shared.snapshot_path(meta.id, "snap");
     io(
         || "keep the received snapshot".to_string(),
         fs::rename(&part, &snap),
     )?;
-    let record = sealed(&SnapshotFileMeta {
-        meta: meta.clone(),
-        size,
-        crc,
-    })?;
-    write_synced(&shared.snapshot_path(meta.id, "meta"), &record)?;
-    common::sync_dir(&shared.snapshots())?;
-    // The switch: one atomic rename.
-    write_current(&shared.dir, &name)?;
-    *shared
-        .current
-        .write()
-        .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-    let _ = fs::remove_dir_all(shared.dir.join(&old.name));
+    write_snapshot_meta(shared, meta, size, crc)?;
+    switch_to(shared, next, &name)?;
     prune_snapshots(shared)?;
     tracing::info!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "installed a snapshot");
     Ok(())
