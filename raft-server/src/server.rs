@@ -492,37 +492,36 @@ impl Shared {
                 Err(e) => return Err(ServerError::Failed(e.to_string())),
             }
         }
-        if let ReadOp::Get { key } = &op {
+        let (start, end, limit) = match op {
             // A point read from LMDB's map takes microseconds: here, not on another
             // thread (a hand-off costs more than the read).
-            return self
-                .sm
-                .read(|view| kv::get(view.txn, view.data, key))
-                .map(|value| Response::Value {
-                    value: value.map(Bytes::from),
-                })
-                .map_err(|e| ServerError::Failed(format!("read failed: {e}")));
-        }
+            ReadOp::Get { key } => {
+                return self
+                    .sm
+                    .read(|view| kv::get(view.txn, view.data, &key))
+                    .map(|value| Response::Value {
+                        value: value.map(Bytes::from),
+                    })
+                    .map_err(|e| ServerError::Failed(format!("read failed: {e}")));
+            }
+            ReadOp::Scan { start, end, limit } => (start, end, limit),
+        };
+        // A scan may walk thousands of keys: on the blocking pool.
         let sm = self.sm.clone();
         let read = tokio::task::spawn_blocking(move || {
-            sm.read(|view| match op {
-                ReadOp::Get { key } => Ok(Response::Value {
-                    value: kv::get(view.txn, view.data, &key)?.map(Bytes::from),
-                }),
-                ReadOp::Scan { start, end, limit } => {
-                    let (mut items, mut more) =
-                        kv::scan(view, &start, end.as_deref(), limit.min(MAX_SCAN) as usize)?;
-                    // Keep the answer within one frame.
-                    let mut size = 0;
-                    if let Some(cut) = items.iter().position(|(k, v)| {
-                        size += k.len() + v.len() + 16;
-                        size > proto::MAX_FRAME / 2
-                    }) {
-                        items.truncate(cut.max(1));
-                        more = true;
-                    }
-                    Ok(Response::Scanned { items, more })
+            sm.read(|view| {
+                let (mut items, mut more) =
+                    kv::scan(view, &start, end.as_deref(), limit.min(MAX_SCAN) as usize)?;
+                // Keep the answer within one frame.
+                let mut size = 0;
+                if let Some(cut) = items.iter().position(|(k, v)| {
+                    size += k.len() + v.len() + 16;
+                    size > proto::MAX_FRAME / 2
+                }) {
+                    items.truncate(cut.max(1));
+                    more = true;
                 }
+                Ok(Response::Scanned { items, more })
             })
         })
         .await;

@@ -36,6 +36,21 @@ fn fails(args: &[&str], dir: &Path) -> String {
     stderr(&out)
 }
 
+/// `run` for node `id`, data in `data`, certificates in `certs`, on any free port.
+fn run_node<'a>(id: &'a str, data: &'a str, certs: &'a str) -> [&'a str; 9] {
+    [
+        "run",
+        "--id",
+        id,
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data,
+        "--certs",
+        certs,
+    ]
+}
+
 fn certs(dir: &Path, out: &str, nodes: &str) {
     let o = run_cli(
         &["certs", "--out", out, "--nodes", nodes],
@@ -88,20 +103,7 @@ fn a_malformed_configuration_is_refused_naming_the_file_and_the_problem() {
 #[test]
 fn an_unreadable_certificate_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let e = fails(
-        &[
-            "run",
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "d",
-            "--certs",
-            "nowhere",
-        ],
-        dir.path(),
-    );
+    let e = fails(&run_node("1", "d", "nowhere"), dir.path());
     assert!(
         e.contains("nowhere/ca.crt") && e.contains("check the path"),
         "{e}"
@@ -109,20 +111,7 @@ fn an_unreadable_certificate_is_refused_naming_the_file() {
     certs(dir.path(), "certs", "1");
     std::fs::write(dir.path().join("certs/node1.crt"), "not a certificate\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    let e = fails(
-        &[
-            "run",
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "d",
-            "--certs",
-            "certs",
-        ],
-        dir.path(),
-    );
+    let e = fails(&run_node("1", "d", "certs"), dir.path());
     assert!(
         e.contains("node1.crt") && e.contains("no certificate"),
         "{e}"
@@ -154,17 +143,7 @@ fn a_data_directory_of_another_node_or_cluster_is_refused_and_left_alone() {
     certs(dir.path(), "other", "1");
     // Node 1 founds a one-node cluster in d1, which records whose data it is.
     let mut node = Command::new(support::binary())
-        .args([
-            "run",
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "d1",
-            "--certs",
-            "certs",
-        ])
+        .args(run_node("1", "d1", "certs"))
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -185,38 +164,12 @@ fn a_data_directory_of_another_node_or_cluster_is_refused_and_left_alone() {
     let _ = node.wait();
     let before = std::fs::read_to_string(&identity).unwrap_or_default();
 
-    let e = fails(
-        &[
-            "run",
-            "--id",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "d1",
-            "--certs",
-            "certs",
-        ],
-        dir.path(),
-    );
+    let e = fails(&run_node("2", "d1", "certs"), dir.path());
     assert!(
         e.contains("holds node 1's data") && e.contains("configuration is node 2"),
         "{e}"
     );
-    let e = fails(
-        &[
-            "run",
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "d1",
-            "--certs",
-            "other",
-        ],
-        dir.path(),
-    );
+    let e = fails(&run_node("1", "d1", "other"), dir.path());
     assert!(
         e.contains("another cluster") && e.contains("IDENTITY"),
         "{e}"

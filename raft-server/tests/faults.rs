@@ -470,18 +470,14 @@ fn faults_kill_9_random_nodes_the_leader_and_a_majority() {
                     s.log(format!(
                         "round {round}: kill -9 node {victim}, restart after a while"
                     ));
-                    c.kill9(victim);
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    c.start(victim)?;
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    c.crash_and_restart(victim, Duration::from_secs(3), Duration::from_secs(3))
+                        .await?;
                 }
                 for round in 0..2 {
                     let l = current_leader(c, admin).await?;
                     s.log(format!("leader round {round}: kill -9 leader {l}"));
-                    c.kill9(l);
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    c.start(l)?;
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    c.crash_and_restart(l, Duration::from_secs(3), Duration::from_secs(3))
+                        .await?;
                 }
                 s.log("kill -9 a majority at once: 1, 3, 5");
                 for v in [1, 3, 5] {
@@ -533,10 +529,8 @@ fn faults_clock_running_fast_on_one_node() {
                 for round in 0..2 {
                     let l = current_leader(c, admin).await?;
                     s.log(format!("round {round}: leader is {l}; kill -9 it to force an election with the fast clock around"));
-                    c.kill9(l);
-                    tokio::time::sleep(Duration::from_secs(4)).await;
-                    c.start(l)?;
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    c.crash_and_restart(l, Duration::from_secs(4), Duration::from_secs(3))
+                        .await?;
                 }
                 Ok(())
             })

@@ -339,6 +339,20 @@ impl NetCluster {
         }
     }
 
+    /// `kill -9` of node `id`, down for `down`, then started again and given `up`.
+    pub async fn crash_and_restart(
+        &mut self,
+        id: u64,
+        down: Duration,
+        up: Duration,
+    ) -> Result<(), String> {
+        self.kill9(id);
+        tokio::time::sleep(down).await;
+        self.start(id)?;
+        tokio::time::sleep(up).await;
+        Ok(())
+    }
+
     /// SIGSTOP or SIGCONT.
     pub fn signal(&self, id: u64, sig: &str) -> Result<(), String> {
         let pid = self.nodes[&id]
