@@ -16,17 +16,15 @@
 //!   second. The state machine grows for the bench's duration.
 //!
 //! The async store methods are driven with `futures::executor::block_on`. The `Kv`
-//! machine and the entry builders at the end of this file are copies of
-//! `raft-storage-lmdb/benches/common`, which `snapshot_latency` there still uses.
+//! machine and `entry` are `raft_storage_lmdb::testing`'s.
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::executor::block_on;
 use raft_core::Persist;
 use raft_core::node::{LogStore, StateMachine};
-use raft_proto::{Bytes, Entry, EntryPayload, LogId, LogIndex, Term};
-use raft_storage_lmdb::{
-    ApplyContext, EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, Machine, SmConfig,
-};
+use raft_proto::{Bytes, Entry, LogId, LogIndex, Term};
+use raft_storage_lmdb::testing::{TextKv as Kv, entry};
+use raft_storage_lmdb::{EnvConfig, LmdbLogStore, LmdbStateMachine, SmConfig};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -190,48 +188,6 @@ pub(crate) fn suite(c: &mut Criterion) {
     append(c);
     read(c);
     apply(c);
-}
-
-/// `put k v` (answers the old value), `append k v` (answers the new one), `get k`: the
-/// machine of raft-storage-lmdb's `tests/state_machine.rs`.
-struct Kv;
-
-impl Machine for Kv {
-    fn apply(&self, cx: &mut ApplyContext<'_, '_>, command: &[u8]) -> Result<Bytes, LmdbError> {
-        let text = String::from_utf8_lossy(command);
-        let mut parts = text.splitn(3, ' ');
-        let (op, key, value) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        let old = cx
-            .data
-            .get(cx.txn, key.as_bytes())?
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        Ok(Bytes::from(match op {
-            "put" => {
-                cx.data.put(cx.txn, key.as_bytes(), value.as_bytes())?;
-                old
-            }
-            "append" => {
-                let mut new = old;
-                new.extend_from_slice(value.as_bytes());
-                cx.data.put(cx.txn, key.as_bytes(), &new)?;
-                new
-            }
-            _ => old,
-        }))
-    }
-}
-
-/// A command entry at `index` of term 1.
-fn entry(index: u64, command: Bytes) -> Entry {
-    Entry {
-        log_id: LogId::new(Term(1), LogIndex(index)),
-        payload: EntryPayload::Command(command),
-    }
 }
 
 /// A 16-byte key (lowercase hex) for `n`, scattered over the key space so that

@@ -6,6 +6,8 @@ mod common;
 mod log_store;
 mod snapshot_file;
 mod state_machine;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker;
 
 pub use common::{EnvConfig, FORMAT_VERSION, LmdbError};

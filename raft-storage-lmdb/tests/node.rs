@@ -6,30 +6,13 @@
 use raft_core::node::{Environment, Node, NodeOptions, Runtime};
 use raft_core::testing::{Router, ThreadPoolRuntime, kv_command};
 use raft_core::{Config, Role};
-use raft_proto::{Bytes, Membership, NodeId};
-use raft_storage_lmdb::{
-    ApplyContext, EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, Machine, SmConfig,
-};
+use raft_proto::{Membership, NodeId};
+use raft_storage_lmdb::testing::TextKv as Kv;
+use raft_storage_lmdb::{EnvConfig, LmdbLogStore, LmdbStateMachine, SmConfig};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-struct Kv;
-
-impl Machine for Kv {
-    fn apply(&self, cx: &mut ApplyContext<'_, '_>, command: &[u8]) -> Result<Bytes, LmdbError> {
-        let text = String::from_utf8_lossy(command);
-        let mut parts = text.splitn(3, ' ');
-        let (_, key, value) = (
-            parts.next(),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        cx.data.put(cx.txn, key.as_bytes(), value.as_bytes())?;
-        Ok(Bytes::new())
-    }
-}
 
 struct Cluster {
     rt: Arc<dyn Runtime>,

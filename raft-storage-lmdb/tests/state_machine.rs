@@ -5,43 +5,11 @@
 
 use raft_core::node::StateMachine;
 use raft_core::testing::{kv_command, suite};
-use raft_proto::{Bytes, Entry, EntryPayload, LogId, LogIndex, Term};
-use raft_storage_lmdb::{ApplyContext, LmdbError, LmdbStateMachine, Machine, SmConfig};
+use raft_proto::{Bytes, Entry, LogId, LogIndex, Term};
+use raft_storage_lmdb::testing::{TextKv as Kv, entry};
+use raft_storage_lmdb::{LmdbStateMachine, SmConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// `put k v` (answers the old value), `append k v` (answers the new one), `get k`.
-struct Kv;
-
-impl Machine for Kv {
-    fn apply(&self, cx: &mut ApplyContext<'_, '_>, command: &[u8]) -> Result<Bytes, LmdbError> {
-        let text = String::from_utf8_lossy(command);
-        let mut parts = text.splitn(3, ' ');
-        let (op, key, value) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        let old = cx
-            .data
-            .get(cx.txn, key.as_bytes())?
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        Ok(Bytes::from(match op {
-            "put" => {
-                cx.data.put(cx.txn, key.as_bytes(), value.as_bytes())?;
-                old
-            }
-            "append" => {
-                let mut new = old;
-                new.extend_from_slice(value.as_bytes());
-                cx.data.put(cx.txn, key.as_bytes(), &new)?;
-                new
-            }
-            _ => old,
-        }))
-    }
-}
 
 #[test]
 fn the_lmdb_state_machine_conforms() {
@@ -61,13 +29,6 @@ fn the_lmdb_state_machine_conforms() {
         },
         &commands,
     ));
-}
-
-fn entry(index: u64, command: Bytes) -> Entry {
-    Entry {
-        log_id: LogId::new(Term(1), LogIndex(index)),
-        payload: EntryPayload::Command(command),
-    }
 }
 
 #[test]
