@@ -22,7 +22,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::executor::block_on;
 use raft_core::Persist;
 use raft_core::node::{LogStore, StateMachine};
-use raft_proto::{Bytes, Entry, LogId, LogIndex, Term};
+use raft_proto::{Bytes, Entry, LogId, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 use raft_storage_lmdb::testing::{TextKv as Kv, entry};
 use raft_storage_lmdb::{EnvConfig, LmdbLogStore, LmdbStateMachine, SmConfig};
 use std::hint::black_box;
@@ -68,7 +68,12 @@ fn append(c: &mut Criterion) {
                     for _ in 0..iters {
                         if next - first >= PURGE_AT {
                             let last = LogId::new(Term(1), LogIndex(next - 1));
-                            block_on(store.purge(last)).expect("purge");
+                            let base = SnapshotMeta {
+                                last_log_id: last,
+                                membership: Membership::voters([NodeId(1)]),
+                                id: 1,
+                            };
+                            block_on(store.purge(last, &base)).expect("purge");
                             first = next;
                         }
                         let write = Persist {

@@ -15,7 +15,7 @@ use raft_proto::{
     AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload,
     Envelope, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex, Membership, Message,
     NodeId, ReadId, ReadIndexRequest, ReadIndexResponse, ReadIndexResult, SnapshotMeta,
-    SnapshotOutcome, Term, TimeoutNow, VoteRequest, VoteResponse,
+    SnapshotOutcome, SnapshotRequest, Term, TimeoutNow, VoteRequest, VoteResponse,
 };
 use raft_server::ServerConfig;
 use raft_server::kv::{Body, Kv, KvCommand};
@@ -193,6 +193,13 @@ fn envelopes() -> Vec<(&'static str, Message)> {
         (
             "timeout_now",
             Message::TimeoutNow(TimeoutNow { term: Term(7) }),
+        ),
+        (
+            "snapshot_request",
+            Message::SnapshotRequest(SnapshotRequest {
+                term: Term(7),
+                min_index: LogIndex(1500),
+            }),
         ),
         (
             "read_index_request",

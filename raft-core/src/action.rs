@@ -70,11 +70,14 @@ pub enum Action {
         /// What the snapshot covers; the state machine fills in `id`.
         meta: SnapshotMeta,
     },
-    /// Entries up to and including `up_to` are covered by a durable snapshot and may be
-    /// removed from storage (remember `up_to` as the last purged id).
+    /// Entries up to and including `up_to` are covered by the durable snapshot `base`
+    /// and may be removed from storage (remember `up_to` as the last purged id, and
+    /// `base`'s last id and configuration as what the log continues).
     PurgeLog {
         /// The last entry to remove.
         up_to: LogId,
+        /// The snapshot that covers them.
+        base: SnapshotMeta,
     },
     /// Read up to `len` bytes at `offset` of the snapshot `meta.id` (for follower `to`)
     /// and hand them to [`Raft::snapshot_chunk_read`](crate::Raft::snapshot_chunk_read).

@@ -24,6 +24,13 @@ pub enum ProposeError {
         /// The transfer's target.
         to: NodeId,
     },
+    /// This node leads but its state machine lost its state (a damaged snapshot): it
+    /// cannot apply commands, and hands leadership to another voter as soon as one
+    /// has caught up. Retry shortly, at another node.
+    #[error(
+        "this leader's state machine lost its state and waits for a snapshot; it is handing leadership over: retry shortly"
+    )]
+    StateLost,
     /// A new leader overwrote the entry before it committed: the command did not take
     /// effect. Retry at the hint.
     #[error("the command was dropped by a leader change and did not take effect ({0})")]

@@ -18,7 +18,10 @@ use std::collections::VecDeque;
 ///   `applied <= apply_queued <= committed <= last`
 ///   (a configurable tail of entries the snapshot covers may stay, so slightly slow
 ///   followers catch up from the log);
-/// - `persisted <= last index` and `queued <= last index`.
+/// - `persisted <= last index` and `queued <= last index`;
+/// - while the state is lost, nothing is handed out for applying:
+///   `applied == apply_queued == snapshot index`, and the snapshot is not servable
+///   (`id == 0`).
 #[derive(Debug)]
 pub struct RaftLog {
     /// The newest durable snapshot: it covers every entry up to its last log id.
@@ -36,6 +39,10 @@ pub struct RaftLog {
     apply_queued: LogIndex,
     /// Highest index the state machine acknowledged as applied.
     applied: LogIndex,
+    /// The state machine does not hold the state this log continues (see
+    /// [`Restore::state_lost`](crate::Restore::state_lost)); cleared by installing a
+    /// snapshot.
+    state_lost: bool,
 }
 
 impl RaftLog {
@@ -45,6 +52,7 @@ impl RaftLog {
         purged: LogId,
         entries: Vec<Entry>,
         applied: LogIndex,
+        state_lost: bool,
     ) -> Self {
         let last = entries.last().map_or(purged.index, |e| e.log_id.index);
         let log = RaftLog {
@@ -56,6 +64,7 @@ impl RaftLog {
             queued: last,
             apply_queued: applied,
             applied,
+            state_lost,
         };
         log.check();
         log
@@ -64,6 +73,23 @@ impl RaftLog {
     /// The snapshot the log starts after.
     pub fn snapshot(&self) -> &SnapshotMeta {
         &self.snapshot
+    }
+
+    /// Whether the state machine lacks the state this log continues: nothing is
+    /// applied until a snapshot is installed.
+    pub fn state_lost(&self) -> bool {
+        self.state_lost
+    }
+
+    /// Whether the snapshot's data can be sent to a follower (its `id` is known).
+    pub fn snapshot_servable(&self) -> bool {
+        self.snapshot.id != 0
+    }
+
+    /// The snapshot's data turned out to be gone: it is never sent again, and a new
+    /// one may replace it at the same index.
+    pub(crate) fn snapshot_unservable(&mut self) {
+        self.snapshot.id = 0;
     }
 
     /// The last entry removed from the front of the log.
@@ -265,7 +291,7 @@ impl RaftLog {
 
     /// Committed entries not yet handed to the state machine; marks them handed.
     pub(crate) fn take_committed_unapplied(&mut self, max_entries: usize) -> Vec<Entry> {
-        if self.apply_queued >= self.committed {
+        if self.state_lost || self.apply_queued >= self.committed {
             return Vec::new();
         }
         let Some(start) = self.offset(self.apply_queued.next()) else {
@@ -325,10 +351,12 @@ impl RaftLog {
     }
 
     /// Records a snapshot the state machine built and made durable. Older snapshots
-    /// than the current one are ignored. Returns whether it was taken.
+    /// than the current one are ignored (one at the same index replaces a snapshot
+    /// that is not servable). Returns whether it was taken.
     pub(crate) fn set_snapshot(&mut self, meta: SnapshotMeta) -> bool {
         let index = meta.last_log_id.index;
-        if index <= self.snapshot.last_log_id.index {
+        let current = self.snapshot.last_log_id.index;
+        if index < current || (index == current && self.snapshot_servable()) {
             return false;
         }
         assert!(
@@ -382,6 +410,7 @@ impl RaftLog {
         self.committed = self.committed.max(last.index).min(end);
         self.apply_queued = self.apply_queued.max(last.index);
         self.applied = self.applied.max(last.index);
+        self.state_lost = false;
         self.persisted = self.persisted.clamp(last.index, end);
         self.queued = self.queued.clamp(last.index, end);
         !keep
@@ -425,5 +454,14 @@ impl RaftLog {
             self.persisted <= last && self.queued <= last,
             "persist cursors beyond the log end"
         );
+        if self.state_lost {
+            assert!(
+                self.applied == snap && self.apply_queued == snap && !self.snapshot_servable(),
+                "state lost but entries handed out for applying (applied {:?}, apply_queued {:?}, snapshot {snap:?} id {:x})",
+                self.applied,
+                self.apply_queued,
+                self.snapshot.id
+            );
+        }
     }
 }

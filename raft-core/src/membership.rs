@@ -106,7 +106,7 @@ impl Raft {
             return Err(MembershipError::TransferInProgress(t.to));
         }
         let committed = self.log.committed();
-        if self.log.term(committed) != Some(self.hard_state.term) {
+        if self.log.term(committed) != Some(self.hard_state.term) || self.log.state_lost() {
             return Err(MembershipError::LeaderNotReady);
         }
         let (pending, _) = self.log.latest_membership();

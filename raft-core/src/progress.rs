@@ -35,10 +35,13 @@ pub struct SnapshotSend {
     pub(crate) stuck_answers: u32,
     /// Heartbeats since `acked` last moved (a lost answer shows up this way).
     pub(crate) idle_heartbeats: u32,
+    /// The follower asked for it because its state machine lost its state: its log
+    /// may match ours, so successful appends do not end the transfer.
+    pub(crate) for_lost_state: bool,
 }
 
 impl SnapshotSend {
-    fn new(meta: SnapshotMeta) -> SnapshotSend {
+    fn new(meta: SnapshotMeta, for_lost_state: bool) -> SnapshotSend {
         SnapshotSend {
             meta,
             acked: 0,
@@ -46,6 +49,7 @@ impl SnapshotSend {
             size: None,
             stuck_answers: 0,
             idle_heartbeats: 0,
+            for_lost_state,
         }
     }
 
@@ -92,6 +96,9 @@ pub struct Progress {
     pub(crate) acked_round: u64,
     /// In `Snapshot`: the transfer.
     pub snapshot: Option<SnapshotSend>,
+    /// The follower said its state machine lost its state (until it installs a
+    /// snapshot): it stores entries but cannot serve as leader.
+    pub state_lost: bool,
 }
 
 impl Progress {
@@ -106,6 +113,7 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             snapshot: None,
+            state_lost: false,
         }
     }
 
@@ -150,7 +158,8 @@ impl Progress {
             self.inflight.pop_front();
             self.inflight_bytes -= bytes;
         }
-        if self.state != ProgressState::Replicate {
+        let rebuilding = self.snapshot.as_ref().is_some_and(|t| t.for_lost_state);
+        if self.state != ProgressState::Replicate && !rebuilding {
             self.become_replicate();
         }
         moved
@@ -191,18 +200,20 @@ impl Progress {
         self.next_index = self.match_index.next();
     }
 
-    /// Starts streaming `meta` to the follower.
-    pub(crate) fn become_snapshot(&mut self, meta: SnapshotMeta) {
+    /// Starts streaming `meta` to the follower (`for_lost_state`: because it asked
+    /// for one to rebuild its state, not because it lacks entries).
+    pub(crate) fn become_snapshot(&mut self, meta: SnapshotMeta, for_lost_state: bool) {
         self.state = ProgressState::Snapshot;
         self.probe_sent = false;
         self.inflight.clear();
         self.inflight_bytes = 0;
-        self.snapshot = Some(SnapshotSend::new(meta));
+        self.snapshot = Some(SnapshotSend::new(meta, for_lost_state));
     }
 
     /// The follower installed (or already had) a snapshot ending at `index`.
     pub(crate) fn on_snapshot_installed(&mut self, index: LogIndex) {
         self.match_index = self.match_index.max(index);
+        self.state_lost = false;
         self.become_replicate();
     }
 

@@ -7,46 +7,14 @@ use crate::error::{InitError, NotLeader, ProposeError, ReadError};
 use crate::log::RaftLog;
 use crate::progress::Progress;
 use crate::read::ReadState;
+use crate::restore::Restore;
 use crate::rng::Rng;
 use crate::snapshot::Incoming;
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message, NodeId, ReadId,
-    SnapshotMeta, Term,
+    Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
-/// What a node restores from durable storage when it starts.
-#[derive(Clone, Debug, Default)]
-pub struct Restore {
-    /// The last persisted term and vote.
-    pub hard_state: HardState,
-    /// The newest durable snapshot; for a brand-new cluster, an empty snapshot at
-    /// [`LogId::ZERO`] holding the initial membership.
-    pub snapshot: SnapshotMeta,
-    /// The last entry purged from the stored log (from [`Action::PurgeLog`], or the
-    /// snapshot's last entry after [`Action::InstallSnapshot`]); [`LogId::ZERO`] when
-    /// nothing was purged.
-    pub purged: LogId,
-    /// The stored entries after `purged`, in order.
-    pub entries: Vec<Entry>,
-    /// The last index the state machine has durably applied.
-    pub applied: LogIndex,
-}
-
-impl Restore {
-    /// The state of a node of a brand-new cluster whose voters are `membership`:
-    /// every founding member must start from the same membership.
-    pub fn bootstrap(membership: Membership) -> Restore {
-        Restore {
-            snapshot: SnapshotMeta {
-                last_log_id: LogId::ZERO,
-                membership,
-                id: 0,
-            },
-            ..Restore::default()
-        }
-    }
-}
 
 /// The role a node plays in its current term (paper §5.1, dissertation §9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,6 +50,9 @@ pub struct Status {
     pub applied: LogIndex,
     /// The highest index durable in its storage.
     pub persisted: LogIndex,
+    /// Its state machine lost its state and waits for a snapshot from a leader: it
+    /// applies nothing and serves no read meanwhile.
+    pub state_lost: bool,
 }
 
 /// Votes collected by a candidate or pre-candidate.
@@ -203,6 +174,9 @@ pub struct Raft {
     pub(crate) bytes_since_snapshot: u64,
     /// A snapshot being received from the leader.
     pub(crate) incoming: Option<Incoming>,
+    /// While the state machine's state is lost: ticks since this node last asked its
+    /// leader for a snapshot.
+    pub(crate) snapshot_request_elapsed: u32,
     actions: VecDeque<Action>,
 }
 
@@ -213,11 +187,17 @@ impl Raft {
         config.validate()?;
         let Restore {
             hard_state,
-            snapshot,
+            mut snapshot,
             purged,
             entries,
-            applied,
+            mut applied,
+            state_lost,
         } = restore;
+        if state_lost {
+            // Nothing is applied: the log starts after a state this node lacks.
+            applied = snapshot.last_log_id.index;
+            snapshot.id = 0;
+        }
         let mut expected = purged.index.next();
         let mut term = purged.term;
         for e in &entries {
@@ -267,7 +247,7 @@ impl Raft {
                 last,
             });
         }
-        let log = RaftLog::restore(snapshot, purged, entries, applied);
+        let log = RaftLog::restore(snapshot, purged, entries, applied, state_lost);
         let membership = log.latest_membership().1.clone();
         let mut raft = Raft {
             id: config.id,
@@ -284,8 +264,14 @@ impl Raft {
             snapshot_building: None,
             bytes_since_snapshot: 0,
             incoming: None,
+            snapshot_request_elapsed: 0,
             actions: VecDeque::new(),
         };
+        if state_lost {
+            tracing::warn!(node = %raft.id, log_starts_after = ?purged, "the state machine lost its state: voting and storing entries as usual, applying nothing until a leader sends a snapshot");
+            // Ask the first leader heard from at once.
+            raft.snapshot_request_elapsed = raft.config.election_ticks;
+        }
         raft.reset_election_timer();
         raft.check_invariants();
         Ok(raft)
@@ -310,6 +296,7 @@ impl Raft {
             committed: self.log.committed(),
             applied: self.log.applied(),
             persisted: self.log.persisted(),
+            state_lost: self.log.state_lost(),
         }
     }
 
@@ -370,8 +357,10 @@ impl Raft {
     pub fn tick(&mut self) {
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
+            self.hand_over_if_state_lost();
         } else {
             self.tick_election();
+            self.tick_snapshot_request();
         }
         self.check_invariants();
     }
@@ -399,6 +388,7 @@ impl Raft {
             Message::ReadIndexResponse(m) => self.handle_read_response(m),
             Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
             Message::InstallSnapshotResponse(m) => self.handle_snapshot_response(from, m),
+            Message::SnapshotRequest(m) => self.handle_snapshot_request(from, m),
         }
         self.check_invariants();
     }
@@ -413,6 +403,9 @@ impl Raft {
         };
         if let Some(t) = leader.transfer {
             return Err(ProposeError::TransferInProgress { to: t.to });
+        }
+        if self.log.state_lost() {
+            return Err(ProposeError::StateLost);
         }
         let id = self.append_as_leader(EntryPayload::Command(command));
         self.check_invariants();

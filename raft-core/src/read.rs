@@ -190,7 +190,8 @@ impl Raft {
 
     /// Emits `ReadReady` for confirmed reads whose index the state machine reached.
     pub(crate) fn release_ready_reads(&mut self) {
-        if self.ready_reads.is_empty() {
+        // A lost state serves nothing: reads wait for the snapshot that restores it.
+        if self.ready_reads.is_empty() || self.log.state_lost() {
             return;
         }
         let applied = self.log.applied();

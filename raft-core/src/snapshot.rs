@@ -17,7 +17,7 @@ use crate::progress::ProgressState;
 use crate::raft::{Raft, RoleState};
 use raft_proto::{
     Bytes, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex, Message, NodeId,
-    SnapshotMeta, SnapshotOutcome,
+    SnapshotMeta, SnapshotOutcome, SnapshotRequest,
 };
 
 /// A snapshot this node is receiving.
@@ -51,11 +51,14 @@ impl Raft {
         }
     }
 
-    fn request_snapshot(&mut self) -> bool {
+    pub(crate) fn request_snapshot(&mut self) -> bool {
         // The snapshot covers everything handed out for applying: in action order, the
         // state machine has applied all of it when it reaches this request.
         let upto = self.log.apply_queued();
-        if self.snapshot_building.is_some() || upto <= self.log.snapshot().last_log_id.index {
+        let current = self.log.snapshot().last_log_id.index;
+        // A snapshot whose data is gone is replaced even at the same index.
+        let newer = upto > current || (upto == current && !self.log.snapshot_servable());
+        if self.snapshot_building.is_some() || self.log.state_lost() || !newer {
             return false;
         }
         let Some(term) = self.log.term(upto) else {
@@ -87,7 +90,11 @@ impl Raft {
                 let before = self.log.purged();
                 let purged = self.log.compact(to);
                 if purged != before {
-                    self.push_action(Action::PurgeLog { up_to: purged });
+                    let base = self.log.snapshot().clone();
+                    self.push_action(Action::PurgeLog {
+                        up_to: purged,
+                        base,
+                    });
                 }
             }
         }
@@ -112,10 +119,46 @@ impl Raft {
         if pr.next_index > purged {
             return false;
         }
+        if !self.log.snapshot_servable() {
+            // Its data is gone: build a new one first; the follower waits meanwhile.
+            self.request_snapshot();
+            return true;
+        }
         let meta = self.log.snapshot().clone();
         tracing::debug!(node = %self.id, %peer, snapshot = ?meta.last_log_id, "follower needs a snapshot");
-        pr.become_snapshot(meta);
+        pr.become_snapshot(meta, false);
         true
+    }
+
+    /// A follower lost its state machine's state and needs a snapshot reaching at
+    /// least `min_index`: send our snapshot if it does, else build one that does.
+    pub(crate) fn handle_snapshot_request(&mut self, from: NodeId, m: SnapshotRequest) {
+        let snapshot = self.log.snapshot().clone();
+        let usable = self.log.snapshot_servable() && snapshot.last_log_id.index >= m.min_index;
+        let lost_here = self.log.state_lost();
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(pr) = l.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        pr.state_lost = true;
+        if lost_here {
+            tracing::debug!(node = %self.id, %from, "a follower asks for a snapshot, but this node lost its own state");
+            return;
+        }
+        if pr.state == ProgressState::Snapshot {
+            return;
+        }
+        if usable {
+            tracing::info!(node = %self.id, %from, snapshot = ?snapshot.last_log_id, "follower lost its state; sending it a snapshot");
+            pr.become_snapshot(snapshot, true);
+            self.pump_snapshot(from);
+        } else if self.log.apply_queued() >= m.min_index {
+            // It asks again later and then finds this one.
+            self.request_snapshot();
+        }
     }
 
     /// Requests chunk reads for `peer` up to the in-flight limit.
@@ -186,6 +229,12 @@ impl Raft {
         let Some(data) = data else {
             tracing::info!(node = %self.id, %to, "snapshot being sent is gone; restarting with the newest");
             pr.become_probe();
+            if snapshot_id == self.log.snapshot().id {
+                // Our own newest snapshot's data is gone (damaged or deleted).
+                tracing::warn!(node = %self.id, snapshot = ?self.log.snapshot().last_log_id, "the newest snapshot cannot be read; building a new one");
+                self.log.snapshot_unservable();
+                self.request_snapshot();
+            }
             return;
         };
         // Reads requested past the end before the size was known come back empty: the
@@ -284,6 +333,28 @@ impl Raft {
 
     // ------------------------------------------------------------ follower side
 
+    /// While the state is lost: ask the leader for a snapshot once per election
+    /// timeout (a lost request or answer costs one timeout).
+    pub(crate) fn tick_snapshot_request(&mut self) {
+        if !self.log.state_lost() {
+            return;
+        }
+        self.snapshot_request_elapsed = self.snapshot_request_elapsed.saturating_add(1);
+        let (Some(leader), RoleState::Follower) = (self.leader, &self.role) else {
+            return;
+        };
+        if self.snapshot_request_elapsed < self.config.election_ticks {
+            return;
+        }
+        self.snapshot_request_elapsed = 0;
+        let message = Message::SnapshotRequest(SnapshotRequest {
+            term: self.hard_state.term,
+            min_index: self.log.snapshot().last_log_id.index,
+        });
+        tracing::debug!(node = %self.id, %leader, "asking the leader for a snapshot to rebuild the lost state");
+        self.send(leader, message);
+    }
+
     /// InstallSnapshot receiver; the term was already reconciled, so `from` leads.
     pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
         if matches!(self.role, RoleState::Leader(_)) {
@@ -307,7 +378,18 @@ impl Raft {
 
     fn receive_chunk(&mut self, m: &InstallSnapshot) -> SnapshotOutcome {
         let last = m.meta.last_log_id;
-        if last.index <= self.log.committed() {
+        self.snapshot_request_elapsed = 0;
+        // A node whose state is lost needs a snapshot its log continues, even one its
+        // commit index covers, but none older than where its log's base claims to be
+        // (its applied index, which never goes back): it is declined like a covered
+        // one. (One older than its log's start would also cost it entries it
+        // acknowledged.)
+        let covered = if self.log.state_lost() {
+            last.index < self.log.snapshot().last_log_id.index
+        } else {
+            last.index <= self.log.committed()
+        };
+        if covered {
             // Everything it covers is already here: acknowledge and ignore it.
             self.incoming = None;
             return SnapshotOutcome::Installed {

@@ -45,3 +45,40 @@ impl Raft {
         }
     }
 }
+
+impl Raft {
+    /// A leader whose state machine lost its state cannot apply, answer clients or send
+    /// snapshots: it hands leadership to the most up-to-date voter that still has its
+    /// state (the transfer waits for that voter to catch up), and tries again after
+    /// each abandoned attempt. That voter then sends it a snapshot.
+    pub(crate) fn hand_over_if_state_lost(&mut self) {
+        if !self.log.state_lost() {
+            return;
+        }
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if l.transfer.is_some() {
+            return;
+        }
+        let target = self
+            .membership
+            .voters
+            .iter()
+            .filter(|&&v| v != self.id)
+            .filter_map(|&v| {
+                let pr = l.progress.get(&v)?;
+                (!pr.state_lost).then_some((pr.match_index, v))
+            })
+            .max();
+        let Some((_, to)) = target else {
+            tracing::debug!(node = %self.id, "this leader lost its state and no other voter can take over yet");
+            return;
+        };
+        tracing::info!(node = %self.id, %to, "this leader's state machine lost its state: handing leadership over");
+        if let RoleState::Leader(l) = &mut self.role {
+            l.transfer = Some(Transfer { to, elapsed: 0 });
+        }
+        self.maybe_send_timeout_now(to);
+    }
+}

@@ -88,9 +88,15 @@ fn paper_7_the_log_is_compacted_only_behind_a_durable_snapshot_keeping_a_tail() 
     assert_eq!(raft.log().purged(), LogId::ZERO, "nothing compacted yet");
     meta.id = 7;
     let index = meta.last_log_id.index;
-    raft.snapshot_built(Some(meta));
+    raft.snapshot_built(Some(meta.clone()));
     let purge = drain(raft).into_iter().find_map(|a| match a {
-        Action::PurgeLog { up_to } => Some(up_to),
+        Action::PurgeLog { up_to, base } => {
+            assert_eq!(
+                base, meta,
+                "the log store records the snapshot it continues"
+            );
+            Some(up_to)
+        }
         _ => None,
     });
     assert_eq!(

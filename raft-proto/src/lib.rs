@@ -36,5 +36,5 @@ pub use ids::{LogId, LogIndex, NodeId, ReadId, Term};
 pub use message::{
     AppendEntries, AppendResponse, AppendResult, ConflictHint, InstallSnapshot,
     InstallSnapshotResponse, Message, ReadIndexRequest, ReadIndexResponse, ReadIndexResult,
-    SnapshotOutcome, TimeoutNow, VoteRequest, VoteResponse,
+    SnapshotOutcome, SnapshotRequest, TimeoutNow, VoteRequest, VoteResponse,
 };

@@ -25,6 +25,9 @@ pub enum Message {
     ReadIndexRequest(ReadIndexRequest),
     /// The leader's answer to a [`Message::ReadIndexRequest`].
     ReadIndexResponse(ReadIndexResponse),
+    /// A follower whose state machine lost its state asks the leader for a snapshot
+    /// (added after the other variants, so their encoding is unchanged).
+    SnapshotRequest(SnapshotRequest),
 }
 
 impl Message {
@@ -38,6 +41,7 @@ impl Message {
             Message::InstallSnapshot(m) => Some(m.term),
             Message::InstallSnapshotResponse(m) => Some(m.term),
             Message::TimeoutNow(m) => Some(m.term),
+            Message::SnapshotRequest(m) => Some(m.term),
             Message::ReadIndexRequest(_) | Message::ReadIndexResponse(_) => None,
         }
     }
@@ -56,6 +60,7 @@ impl Message {
             Message::TimeoutNow(_) => "TimeoutNow",
             Message::ReadIndexRequest(_) => "ReadIndexRequest",
             Message::ReadIndexResponse(_) => "ReadIndexResponse",
+            Message::SnapshotRequest(_) => "SnapshotRequest",
         }
     }
 }
@@ -227,4 +232,16 @@ pub enum ReadIndexResult {
         /// Who the receiver believes leads, if anyone.
         leader_hint: Option<NodeId>,
     },
+}
+
+/// A follower's state machine lost its state (its snapshot was damaged and could not be
+/// rebuilt) while its log and vote are intact: it keeps voting and storing entries, and
+/// asks the leader for a snapshot to rebuild the state from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The follower's term.
+    pub term: Term,
+    /// The snapshot must reach at least this index: the follower's log starts at or
+    /// before it, and its state never goes back past it.
+    pub min_index: LogIndex,
 }

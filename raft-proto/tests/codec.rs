@@ -136,6 +136,9 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         term().prop_map(|term| Message::TimeoutNow(TimeoutNow { term })),
+        (term(), index()).prop_map(|(term, min_index)| {
+            Message::SnapshotRequest(SnapshotRequest { term, min_index })
+        }),
         any::<u64>().prop_map(|id| Message::ReadIndexRequest(ReadIndexRequest { id: ReadId(id) })),
         (
             any::<u64>(),

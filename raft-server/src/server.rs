@@ -100,12 +100,12 @@ impl LogStore for MeteredLog {
         self.inner.entries(from, to).await
     }
 
-    async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
-        self.inner.purge(up_to).await
+    async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError> {
+        self.inner.purge(up_to, base).await
     }
 
-    async fn reset(&self, last: LogId) -> Result<(), StorageError> {
-        self.inner.reset(last).await
+    async fn reset(&self, base: &SnapshotMeta) -> Result<(), StorageError> {
+        self.inner.reset(base).await
     }
 }
 
@@ -466,6 +466,8 @@ impl Shared {
                 Err(self.not_leader(n.leader_hint))
             }
             Err(ProposeError::TransferInProgress { to }) => Err(self.not_leader(Some(to))),
+            // Not applied; this leader is handing over: the client retries elsewhere.
+            Err(ProposeError::StateLost) => Err(self.not_leader(None)),
             Err(ProposeError::Indeterminate) => Err(ServerError::Unknown(
                 "a snapshot replaced the log while the write was in flight".into(),
             )),
@@ -491,6 +493,11 @@ impl Shared {
                 Err(ReadError::NotLeader(n)) => return Err(self.not_leader(n.leader_hint)),
                 Err(e) => return Err(ServerError::Failed(e.to_string())),
             }
+        } else if self.node.metrics().with(|m| m.state_lost) {
+            // A local read of a lost state would see an old or empty store.
+            return Err(ServerError::Busy(
+                "this node lost its state machine's state and waits for a snapshot from the leader; read from another node".into(),
+            ));
         }
         let (start, end, limit) = match op {
             // A point read from LMDB's map takes microseconds: here, not on another
@@ -746,6 +753,12 @@ impl Exposition for Shared {
             "raft_snapshot_index",
             "The newest snapshot's last index.",
             m.snapshot.index.0 as f64,
+        );
+        g(
+            &mut out,
+            "raft_state_lost",
+            "1 while the state machine's state is lost (a damaged snapshot) and the node waits for a snapshot from the leader.",
+            f64::from(u8::from(m.state_lost)),
         );
         g(
             &mut out,

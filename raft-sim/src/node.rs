@@ -3,7 +3,7 @@
 
 use crate::kv::KvStore;
 use crate::rng::SimRng;
-use raft_core::{Action, Persist, Raft, Restore};
+use raft_core::{Action, Persist, Raft, Stored};
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, ReadId,
     SnapshotMeta,
@@ -25,6 +25,13 @@ pub struct Disk {
     pub entries: Vec<Entry>,
     /// A write the driver issued and the disk has not finished.
     pub in_flight: Option<Persist>,
+    /// The snapshot before `snapshot`, kept as a real store keeps its previous one.
+    pub older: Option<(SnapshotMeta, Bytes)>,
+    /// The empty snapshot the node was created with (the founding configuration).
+    pub bootstrap: SnapshotMeta,
+    /// The snapshot the log continues, recorded with each purge and reset (as
+    /// `LogStore::purge` does).
+    pub base: Option<SnapshotMeta>,
 }
 
 impl Disk {
@@ -45,10 +52,11 @@ impl Disk {
             .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
     }
 
-    /// Removes stored entries up to `up_to`.
-    pub fn purge(&mut self, up_to: LogId) {
+    /// Removes stored entries up to `up_to`, covered by the snapshot `base`.
+    pub fn purge(&mut self, up_to: LogId, base: &SnapshotMeta) {
         self.entries.retain(|e| e.log_id.index > up_to.index);
         self.purged = up_to;
+        self.base = Some(base.clone());
     }
 
     /// Installs a received snapshot: the state and the log prefix it replaces.
@@ -56,9 +64,45 @@ impl Disk {
         if discard_log {
             self.entries.clear();
         }
-        self.purge(meta.last_log_id);
-        self.snapshot = meta;
-        self.snapshot_data = data;
+        self.purge(meta.last_log_id, &meta);
+        self.store_snapshot(meta, data);
+    }
+
+    /// Stores a snapshot that became durable. The newest by index stays `snapshot`: a
+    /// build that finishes after a newer snapshot was installed becomes the older one
+    /// (as the LMDB store lists its snapshots newest first by last log id).
+    pub fn store_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
+        let index = meta.last_log_id.index;
+        if index > self.snapshot.last_log_id.index {
+            let previous = std::mem::replace(&mut self.snapshot, meta);
+            let previous_data = std::mem::replace(&mut self.snapshot_data, data);
+            if previous.last_log_id.index > LogIndex::ZERO {
+                self.older = Some((previous, previous_data));
+            }
+        } else if index > LogIndex::ZERO
+            && self
+                .older
+                .as_ref()
+                .is_none_or(|(o, _)| o.last_log_id.index < index)
+        {
+            self.older = Some((meta, data));
+        }
+    }
+
+    /// A fault destroys the newest snapshot (its data or its metadata; either makes it
+    /// unusable): the older snapshot, or none, takes its place. Returns false when
+    /// there is no snapshot to destroy.
+    pub fn lose_newest_snapshot(&mut self) -> bool {
+        if self.snapshot.last_log_id.index == LogIndex::ZERO {
+            return false;
+        }
+        let (older, older_data) = self
+            .older
+            .take()
+            .unwrap_or_else(|| (self.bootstrap.clone(), Bytes::new()));
+        self.snapshot = older;
+        self.snapshot_data = older_data;
+        true
     }
 
     /// The durable id at `index`, if the disk holds that entry (or the purged entry
@@ -103,10 +147,14 @@ impl Disk {
         self.entries.last().map_or(self.purged, |e| e.log_id)
     }
 
-    /// The newest configuration on disk: in the entries after the snapshot, or the
-    /// snapshot's.
+    /// The newest configuration on disk: in the entries after the snapshot the log
+    /// continues, or that snapshot's.
     pub fn latest_membership(&self) -> &Membership {
-        let snap = self.snapshot.last_log_id.index;
+        let base = match &self.base {
+            Some(b) if b.last_log_id.index > self.snapshot.last_log_id.index => b,
+            _ => &self.snapshot,
+        };
+        let snap = base.last_log_id.index;
         self.entries
             .iter()
             .rev()
@@ -115,18 +163,28 @@ impl Disk {
                 EntryPayload::Membership(m) => Some(m),
                 _ => None,
             })
-            .unwrap_or(&self.snapshot.membership)
+            .unwrap_or(&base.membership)
     }
 
-    /// What a restarting node reads back.
-    pub fn restore(&self) -> Restore {
-        Restore {
+    /// What a restarting node reads back: its log, and a state machine rebuilt from
+    /// its newest intact snapshot.
+    pub fn stored(&self) -> Stored {
+        Stored {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
             purged: self.purged,
             entries: self.entries.clone(),
-            applied: self.snapshot.last_log_id.index,
+            log_base: self.base.clone(),
+            applied: self.snapshot.last_log_id,
+            snapshot: Some(self.snapshot.clone()),
         }
+    }
+
+    /// Resets the log to start after `base` (a restart found a snapshot the log does
+    /// not hold).
+    pub fn reset(&mut self, base: &SnapshotMeta) {
+        self.entries.clear();
+        self.purged = base.last_log_id;
+        self.base = Some(base.clone());
     }
 }
 
@@ -211,6 +269,7 @@ impl SimNode {
             id,
             raft: None,
             disk: Disk {
+                bootstrap: snapshot.clone(),
                 snapshot,
                 ..Disk::default()
             },

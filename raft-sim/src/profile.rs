@@ -98,6 +98,11 @@ pub enum FaultKind {
     Pause,
     /// A node's clock runs fast or slow for a while.
     ClockSkew,
+    /// Crash a node whose newest snapshot then turns out lost or damaged at restart
+    /// (its data gone; its metadata readable or not), as a bad disk would leave it.
+    /// Only strikes where the rest of the cluster still holds what that snapshot
+    /// covered: losing it everywhere is data loss no algorithm can undo.
+    SnapshotDamage,
 }
 
 impl FaultKind {
@@ -113,11 +118,12 @@ impl FaultKind {
             FaultKind::LeaderChurn => "leader churn",
             FaultKind::Pause => "pause",
             FaultKind::ClockSkew => "clock skew",
+            FaultKind::SnapshotDamage => "snapshot damaged at restart",
         }
     }
 
     /// Every fault kind.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Partition,
         FaultKind::OneWay,
         FaultKind::IsolateLeader,
@@ -127,6 +133,7 @@ impl FaultKind {
         FaultKind::LeaderChurn,
         FaultKind::Pause,
         FaultKind::ClockSkew,
+        FaultKind::SnapshotDamage,
     ];
 }
 

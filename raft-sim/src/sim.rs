@@ -10,9 +10,9 @@ use crate::net::Network;
 use crate::node::{CrashTrap, PendingRead, PendingWrite, SimNode};
 use crate::profile::{FaultKind, MS, Profile};
 use crate::rng::SimRng;
-use raft_core::{Action, ConfChange, Config, ProposeError, Raft, ReadError, Role};
+use raft_core::{Action, ConfChange, Config, ProposeError, Raft, ReadError, Restore, Role};
 use raft_proto::{
-    Bytes, Entry, EntryPayload, LogId, Membership, Message, NodeId, ReadId, SnapshotMeta,
+    Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, NodeId, ReadId, SnapshotMeta,
 };
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -575,8 +575,23 @@ impl World {
 
     fn start_node(&mut self, node: usize) -> Check {
         let config = self.config(node);
-        let restore = self.nodes[node].disk.restore();
-        let raft = match Raft::new(config, restore) {
+        // The same reconciliation of log and state machine as `Node::start`.
+        let plan = Restore::plan(self.nodes[node].disk.stored(), None);
+        if let Some(base) = &plan.reset_log {
+            self.nodes[node].disk.reset(base);
+        }
+        for note in &plan.notes {
+            self.log(|| format!("node {node} at restart: {note}"));
+        }
+        let applied = plan.restore.applied;
+        if plan.restore.state_lost {
+            *self
+                .stats
+                .faults_by_kind
+                .entry("restart with state lost")
+                .or_default() += 1;
+        }
+        let raft = match Raft::new(config, plan.restore) {
             Ok(raft) => raft,
             Err(e) => {
                 return violation(
@@ -604,7 +619,8 @@ impl World {
                 }
             }
         };
-        n.applied = n.disk.snapshot.last_log_id.index;
+        // With the state lost, nothing is applied until a snapshot is installed.
+        n.applied = applied;
         n.raft = Some(raft);
         let inc = n.incarnation;
         let first_tick = self.rng.range(1, self.nodes[node].tick_us);
@@ -665,7 +681,7 @@ impl World {
                         self.checkers.log_matching.persist(i, p)?;
                         self.checkers.membership.persist(raft, p)?;
                     }
-                    Action::PurgeLog { up_to } => self.checkers.log_matching.purge(i, *up_to),
+                    Action::PurgeLog { up_to, .. } => self.checkers.log_matching.purge(i, *up_to),
                     Action::InstallSnapshot { meta, discard_log } => {
                         self.checkers
                             .log_matching
@@ -715,7 +731,7 @@ impl World {
                     }
                 }
                 Action::BuildSnapshot { meta } => self.build_snapshot(i, meta)?,
-                Action::PurgeLog { up_to } => self.nodes[i].disk.purge(up_to),
+                Action::PurgeLog { up_to, base } => self.nodes[i].disk.purge(up_to, &base),
                 Action::ReadSnapshotChunk {
                     to,
                     meta,
@@ -811,8 +827,7 @@ impl World {
         let Some((meta, data)) = node.building.take() else {
             return Ok(());
         };
-        node.disk.snapshot = meta.clone();
-        node.disk.snapshot_data = data;
+        node.disk.store_snapshot(meta.clone(), data);
         if let Some(raft) = &mut node.raft {
             raft.snapshot_built(Some(meta));
         }
@@ -1419,6 +1434,29 @@ impl World {
                 self.log(|| format!("pause node {node} for {duration}us"));
                 self.nodes[node].paused_until = self.now + duration;
             }
+            FaultKind::SnapshotDamage => {
+                let candidates: Vec<usize> =
+                    (0..n).filter(|&i| self.snapshot_loss_is_safe(i)).collect();
+                if candidates.is_empty() {
+                    self.log(|| {
+                        "no node can lose its snapshot while the others hold what it covers"
+                            .to_string()
+                    });
+                } else {
+                    let node = self.rng.pick(&candidates);
+                    self.crash(node)?;
+                    self.nodes[node].disk.lose_newest_snapshot();
+                    *self
+                        .stats
+                        .faults_by_kind
+                        .entry("snapshot lost (struck)")
+                        .or_default() += 1;
+                    self.log(|| format!("node {node} crashed; its newest snapshot is lost"));
+                    self.check_acked_durable()?;
+                    let down = self.rng.range(lo / 2, hi);
+                    self.schedule(down, Event::Restart { node });
+                }
+            }
             FaultKind::ClockSkew => {
                 let node = self.rng.range(0, n as u64) as usize;
                 let factor = self.rng.pick(&[0.25, 0.5, 2.0, 4.0]);
@@ -1474,6 +1512,58 @@ impl World {
             }
             Undo::Clock { node } => self.nodes[node].tick_us = self.nodes[node].base_tick_us,
         }
+    }
+
+    /// Whether node `i` may lose its newest snapshot: it has one, and every committed
+    /// entry that only that snapshot held on its disk is durable on enough other voters
+    /// that every quorum still includes a holder, in every configuration that may
+    /// still be in force (an uncommitted change may yet be rolled back).
+    fn snapshot_loss_is_safe(&self, i: usize) -> bool {
+        let disk = &self.nodes[i].disk;
+        if disk.snapshot.last_log_id.index == LogIndex::ZERO {
+            return false;
+        }
+        let base = disk
+            .older
+            .as_ref()
+            .map_or(LogIndex::ZERO, |(o, _)| o.last_log_id.index);
+        let mut configs: Vec<&Membership> = self
+            .nodes
+            .iter()
+            .map(|n| n.disk.latest_membership())
+            .chain(
+                self.nodes
+                    .iter()
+                    .filter_map(|n| n.raft.as_ref().map(Raft::membership)),
+            )
+            .filter(|m| !m.voters.is_empty())
+            .collect();
+        configs.dedup();
+        let id = self.nodes[i].id;
+        // One lost state at a time: a node whose state is lost recovers from a leader
+        // with state, which must be able to bring it the entries its log lacks.
+        let other_lost = self.nodes.iter().any(|n| {
+            n.id != id
+                && configs.iter().any(|c| c.is_voter(n.id))
+                && n.disk.snapshot.last_log_id.index < n.disk.purged.index
+        });
+        if other_lost {
+            return false;
+        }
+        (base.0 + 1..=disk.purged.index.0).all(|k| {
+            let Some(c) = self.checkers.committed.get(LogIndex(k)) else {
+                return false;
+            };
+            configs.iter().all(|config| {
+                let needed = config.voters.len() + 1 - config.quorum();
+                let holders = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != id && config.is_voter(n.id) && n.disk.holds(c))
+                    .count();
+                holders >= needed
+            })
+        })
     }
 
     fn current_leader(&self) -> Option<usize> {
@@ -1645,8 +1735,16 @@ impl World {
                     let st = r.status();
                     let _ = write!(
                         s,
-                        "[node {} {:?} term {} leader {:?} commit {} applied {}] ",
-                        st.id, st.role, st.term, st.leader, st.committed, st.applied
+                        "[node {} {:?} term {} leader {:?} last {:?} commit {} applied {} voters {:?}{}] ",
+                        st.id,
+                        st.role,
+                        st.term,
+                        st.leader,
+                        st.last_log_id,
+                        st.committed,
+                        st.applied,
+                        r.membership().voters,
+                        if st.state_lost { " STATE LOST" } else { "" }
                     );
                 }
                 None => {

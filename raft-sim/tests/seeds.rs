@@ -46,6 +46,8 @@ fn a_sample_of_seeds_passes_and_covers_every_fault() {
         "promote learner",
         "remove a node",
         "remove the leader",
+        "snapshot lost (struck)",
+        "restart with state lost",
     ] {
         assert!(
             faults.get(kind).copied().unwrap_or(0) > 0,

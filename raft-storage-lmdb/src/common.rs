@@ -130,8 +130,7 @@ pub(crate) struct DirLock {
 
 impl DirLock {
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, LmdbError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LmdbError::io(format!("create {}", dir.display()), e))?;
+        crate::durable::create_dir(dir)?;
         let path = dir.join("LOCK");
         let file = OpenOptions::new()
             .create(true)
@@ -195,8 +194,7 @@ pub(crate) fn open_env(
     dbs: u32,
     sync: EnvSync,
 ) -> Result<Env<WithoutTls>, LmdbError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| LmdbError::io(format!("create {}", dir.display()), e))?;
+    crate::durable::create_dir(dir)?;
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options
         .map_size(round_to_page(config.map_size))
@@ -238,6 +236,9 @@ pub(crate) fn open_env(
         ),
         other => LmdbError::from(other),
     })?;
+    // LMDB creates data.mdb (and lock.mdb) on the first open: make their names durable
+    // before any commit in them is counted on.
+    crate::durable::sync_dir(dir)?;
     let stale = env.clear_stale_readers()?;
     if stale > 0 {
         tracing::info!(dir = %dir.display(), stale, "cleared stale LMDB reader slots");
@@ -300,11 +301,4 @@ pub(crate) fn unseal<'a>(
         ));
     }
     Ok(frame)
-}
-
-/// Makes a rename or file creation in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LmdbError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| LmdbError::io(format!("sync directory {}", dir.display()), e))
 }

@@ -3,7 +3,8 @@
 //! Layout (one environment, two databases):
 //! - `entries`: big-endian index → CRC32C + frame(Entry), appended with `MDB_APPEND`;
 //! - `meta`: `format` → u32, `hard_state` → CRC32C + frame(HardState),
-//!   `purged` → CRC32C + frame(LogId).
+//!   `purged` → CRC32C + frame(LogId), `base` → CRC32C + frame(SnapshotMeta) (the
+//!   snapshot the log continues, recorded with each purge and reset).
 //!
 //! Each [`LogStore::write`] is one write transaction and one durable commit (LMDB
 //! syncs data and meta pages on commit): truncation, appends and the hard state land
@@ -17,7 +18,7 @@ use heed::types::{Bytes as RawBytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, PutFlags, RoTxn, WithoutTls};
 use raft_core::Persist;
 use raft_core::node::{LogStore, StorageError, StoredLog};
-use raft_proto::{Entry, HardState, LogId, LogIndex, decode_frame, encode_frame};
+use raft_proto::{Entry, HardState, LogId, LogIndex, SnapshotMeta, decode_frame, encode_frame};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -149,6 +150,7 @@ impl State {
         let rtxn = self.env.read_txn()?;
         let hard_state: HardState = self.meta_value(&rtxn, "hard_state")?;
         let purged: LogId = self.meta_value(&rtxn, "purged")?;
+        let base: Option<SnapshotMeta> = self.meta_value(&rtxn, "base")?;
         let mut entries = Vec::new();
         for item in self.entries.iter(&rtxn)? {
             let (index, raw) = item?;
@@ -158,6 +160,7 @@ impl State {
             hard_state,
             purged,
             entries,
+            base,
         })
     }
 
@@ -241,26 +244,28 @@ impl State {
         })
     }
 
-    fn purge(&mut self, up_to: LogId) -> Result<(), LmdbError> {
-        let record = seal_value(&up_to)?;
+    fn purge(&mut self, up_to: LogId, base: &SnapshotMeta) -> Result<(), LmdbError> {
+        let (record, base) = (seal_value(&up_to)?, seal_value(&Some(base))?);
         self.with_retries("purge the log", &|s: &State| {
             let mut wtxn = s.env.write_txn()?;
             let current: LogId = s.meta_value(&wtxn, "purged")?;
             if up_to.index > current.index {
                 s.entries.delete_range(&mut wtxn, &(..=up_to.index.0))?;
                 s.meta.put(&mut wtxn, "purged", &record)?;
+                s.meta.put(&mut wtxn, "base", &base)?;
             }
             wtxn.commit()?;
             Ok(())
         })
     }
 
-    fn reset(&mut self, last: LogId) -> Result<(), LmdbError> {
-        let record = seal_value(&last)?;
+    fn reset(&mut self, base: &SnapshotMeta) -> Result<(), LmdbError> {
+        let (record, base) = (seal_value(&base.last_log_id)?, seal_value(&Some(base))?);
         self.with_retries("reset the log", &|s: &State| {
             let mut wtxn = s.env.write_txn()?;
             s.entries.clear(&mut wtxn)?;
             s.meta.put(&mut wtxn, "purged", &record)?;
+            s.meta.put(&mut wtxn, "base", &base)?;
             wtxn.commit()?;
             Ok(())
         })
@@ -282,11 +287,14 @@ impl LogStore for LmdbLogStore {
         self.run("read the log", move |s| s.range(from, to)).await
     }
 
-    async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
-        self.run("purge the log", move |s| s.purge(up_to)).await
+    async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError> {
+        let base = base.clone();
+        self.run("purge the log", move |s| s.purge(up_to, &base))
+            .await
     }
 
-    async fn reset(&self, last: LogId) -> Result<(), StorageError> {
-        self.run("reset the log", move |s| s.reset(last)).await
+    async fn reset(&self, base: &SnapshotMeta) -> Result<(), StorageError> {
+        let base = base.clone();
+        self.run("reset the log", move |s| s.reset(&base)).await
     }
 }

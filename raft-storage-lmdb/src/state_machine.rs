@@ -6,8 +6,9 @@
 //! ```text
 //! LOCK                    held while open
 //! CURRENT                 the name of the live state directory, switched by rename
+//! DIRTY                   applies may be in the OS's cache only (see ApplyDurability)
 //! state-000001/           the live LMDB environment: data, sessions, meta
-//! snapshots/<id>.snap     snapshot files (see snapshot_file) and <id>.meta
+//! snapshots/              snapshot files and their metadata (see snapshots.rs)
 //! incoming/<id>.part      a snapshot being received
 //! ```
 //!
@@ -23,20 +24,31 @@
 //! `max_snapshot_duration` bounds it (a snapshot taking longer is abandoned and asked
 //! for again later).
 //!
-//! **Installing** a received snapshot: verify its checksum, build a new environment in
-//! a new directory, sync it, then point `CURRENT` at it with an atomic rename. A crash
-//! at any point leaves either the old state or the whole new one.
+//! **Installing** a received snapshot: verify its checksum, sync it, build a new
+//! environment in a new directory and sync it, publish the snapshot file and its
+//! metadata, then point `CURRENT` at the new state with an atomic rename. A crash at
+//! any point leaves either the old state or the whole new one; a crash after the
+//! metadata but before the switch leaves a snapshot newer than the state, and the next
+//! open rebuilds the state from it.
+//!
+//! **Opening** never fails because a snapshot is damaged: damaged files are set aside,
+//! the state is rebuilt from the newest intact snapshot when it must be, and when none
+//! is left the state starts empty; [`StateMachine::state`] then reports what is known,
+//! and the node fetches the state from its leader (see `raft_core::Restore::plan`).
 
 use crate::common::{self, DirLock, EnvConfig, LmdbError};
+use crate::dirty::{self, DIRTY};
+use crate::durable;
 use crate::log_store::check_format;
 use crate::snapshot_file::{self, SnapshotWriter, Table};
+use crate::snapshots::{SnapshotDir, SnapshotFileMeta};
 use crate::worker::Worker;
 use futures::FutureExt;
 use heed::types::{Bytes as RawBytes, Str};
 use heed::{CommitOrAbort, Database, Env, RoTxn, RwTxn, WithoutTls};
 use raft_core::node::{MachineState, SnapshotTask, StateMachine, StorageError};
 use raft_proto::{Bytes, Entry, EntryPayload, LogId, SnapshotMeta, decode_frame, encode_frame};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::hash::BuildHasher;
 use std::io::Write;
@@ -144,13 +156,6 @@ impl Default for SmConfig {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFileMeta {
-    meta: SnapshotMeta,
-    size: u64,
-    crc: u32,
-}
-
 /// The live environment.
 struct Current {
     env: Env<WithoutTls>,
@@ -211,12 +216,9 @@ struct Shared {
     current: RwLock<Arc<Current>>,
     gate: Arc<Gate>,
     counter: AtomicU64,
+    snapshots: SnapshotDir,
     _lock: DirLock,
 }
-
-/// The file that says applies may be in the OS's cache only (see
-/// [`ApplyDurability::Deferred`]); it holds the boot id of the machine that wrote it.
-const DIRTY: &str = "DIRTY";
 
 /// This boot's id (Linux); `None` elsewhere, which makes every unclean stop count as
 /// an OS crash.
@@ -237,7 +239,7 @@ impl Drop for Shared {
         match flushed {
             Ok(()) => {
                 let _ = fs::remove_file(self.dir.join(DIRTY));
-                let _ = common::sync_dir(&self.dir);
+                let _ = durable::sync_dir(&self.dir);
             }
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot flush the state machine at close; it will be rebuilt after an OS crash")
@@ -254,23 +256,8 @@ impl Shared {
             .clone()
     }
 
-    fn snapshots(&self) -> PathBuf {
-        self.dir.join("snapshots")
-    }
-
     fn incoming(&self, id: u64) -> PathBuf {
         self.dir.join("incoming").join(format!("{id:016x}.part"))
-    }
-
-    /// A pruned snapshot's file, kept to be overwritten by the next snapshot: writing
-    /// over allocated blocks needs no allocation now and no freeing (and, on a
-    /// filesystem mounted with `discard`, no discards) later.
-    fn spare(&self) -> PathBuf {
-        self.snapshots().join("spare")
-    }
-
-    fn snapshot_path(&self, id: u64, ext: &str) -> PathBuf {
-        self.snapshots().join(format!("{id:016x}.{ext}"))
     }
 }
 
@@ -344,6 +331,9 @@ fn io<T>(context: impl Fn() -> String, r: std::io::Result<T>) -> Result<T, LmdbE
 impl<M: Machine> LmdbStateMachine<M> {
     /// Opens (creating) the state machine in `dir`: the live environment named by
     /// `CURRENT`, after removing what an interrupted install or snapshot left behind.
+    /// The state is rebuilt from the newest intact snapshot when it cannot be trusted
+    /// (see [`ApplyDurability::Deferred`]) or when a newer snapshot than the state was
+    /// published; damaged snapshots are set aside, never fatal.
     pub fn open(
         dir: impl AsRef<Path>,
         machine: M,
@@ -352,26 +342,12 @@ impl<M: Machine> LmdbStateMachine<M> {
         let dir = dir.as_ref().to_path_buf();
         let lock = DirLock::acquire(&dir)?;
         for sub in ["snapshots", "incoming"] {
-            io(
-                || format!("create {sub} in {}", dir.display()),
-                fs::create_dir_all(dir.join(sub)),
-            )?;
+            durable::create_dir(&dir.join(sub))?;
         }
-        // After an OS crash with applies that were never flushed, the state cannot be
-        // trusted: start from the newest snapshot instead (installed below).
         let boot = config.boot_id_for_tests.clone().or_else(machine_boot_id);
-        let rebuild = match fs::read_to_string(dir.join(DIRTY)) {
-            Ok(written) => boot.as_deref() != Some(written.trim()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => {
-                return Err(LmdbError::io(
-                    format!("read {}", dir.join(DIRTY).display()),
-                    e,
-                ));
-            }
-        };
-        if rebuild {
-            tracing::warn!(dir = %dir.display(), "the machine restarted while applies were not yet on disk (an OS crash or power loss): discarding the state; it is rebuilt from the newest snapshot and the node applies the log after it again");
+        let trusted = dirty::trusted(&dir, boot.as_deref())?;
+        if !trusted {
+            tracing::warn!(dir = %dir.display(), "the state machine stopped with applies not yet on disk, and this is not the same boot and directory (an OS crash, a power cut, or a copy of a running node's directory): discarding the state; it is rebuilt from the newest intact snapshot and the node applies the log after it again");
             for entry in io(|| format!("list {}", dir.display()), fs::read_dir(&dir))?.flatten() {
                 if entry.file_name().to_string_lossy().starts_with("state-") {
                     io(
@@ -386,7 +362,7 @@ impl<M: Machine> LmdbStateMachine<M> {
                 }
                 _ => {}
             }
-            common::sync_dir(&dir)?;
+            durable::sync_dir(&dir)?;
         }
         let current_file = dir.join("CURRENT");
         let name = match fs::read_to_string(&current_file) {
@@ -412,25 +388,16 @@ impl<M: Machine> LmdbStateMachine<M> {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
-        for sub in ["incoming"] {
-            for entry in io(|| format!("list {sub}"), fs::read_dir(dir.join(sub)))?.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
         for entry in io(
-            || "list snapshots".to_string(),
-            fs::read_dir(dir.join("snapshots")),
+            || "list incoming".to_string(),
+            fs::read_dir(dir.join("incoming")),
         )?
         .flatten()
         {
-            if entry
-                .path()
-                .extension()
-                .is_some_and(|e| e == "tmp" || e == "del")
-            {
-                let _ = fs::remove_file(entry.path());
-            }
+            let _ = fs::remove_file(entry.path());
         }
+        let snapshots = SnapshotDir::new(dir.join("snapshots"));
+        let found = snapshots.check_at_open()?;
         let current = open_current(&dir, &name, &config)?;
         let shared = Arc::new(Shared {
             dir,
@@ -438,21 +405,22 @@ impl<M: Machine> LmdbStateMachine<M> {
             current: RwLock::new(Arc::new(current)),
             gate: Arc::new(Gate::default()),
             counter: AtomicU64::new(0),
+            snapshots,
             _lock: lock,
         });
-        if rebuild && let Some(newest) = list_snapshots(&shared)?.into_iter().next() {
-            rebuild_from_snapshot(&shared, &newest.meta)?;
-        }
+        recover(&shared, found, trusted)?;
         // From here on applies may be pending in the OS's cache: mark the directory
-        // with this boot's id (a clean close removes the mark after a flush).
-        let marker = shared.dir.join(DIRTY);
+        // with this boot's id and the directory's identity (a clean close removes the
+        // mark after a flush).
         if shared.config.apply_durability == ApplyDurability::Deferred {
-            write_synced(&marker, boot.as_deref().unwrap_or("unknown").as_bytes())?;
-            common::sync_dir(&shared.dir)?;
-        } else if marker.exists() {
+            dirty::mark(&shared.dir, boot.as_deref())?;
+        } else if shared.dir.join(DIRTY).exists() {
             shared.current().env.force_sync()?;
-            io(|| "remove DIRTY".to_string(), fs::remove_file(&marker))?;
-            common::sync_dir(&shared.dir)?;
+            io(
+                || "remove DIRTY".to_string(),
+                fs::remove_file(shared.dir.join(DIRTY)),
+            )?;
+            durable::sync_dir(&shared.dir)?;
         }
         let applier = Worker::start("raft-sm-apply", ())
             .map_err(|e| LmdbError::io("start the apply thread", e))?;
@@ -532,18 +500,9 @@ fn finish<R>(
     }
 }
 
+/// Points `CURRENT` at the state directory `name`, atomically and durably.
 fn write_current(dir: &Path, name: &str) -> Result<(), LmdbError> {
-    let tmp = dir.join("CURRENT.tmp");
-    let mut f = io(|| format!("create {}", tmp.display()), File::create(&tmp))?;
-    io(
-        || format!("write {}", tmp.display()),
-        f.write_all(name.as_bytes()).and_then(|_| f.sync_all()),
-    )?;
-    io(
-        || "switch CURRENT".to_string(),
-        fs::rename(&tmp, dir.join("CURRENT")),
-    )?;
-    common::sync_dir(dir)
+    durable::write_atomically(&dir.join("CURRENT"), name.as_bytes())
 }
 
 fn apply_batch<M: Machine>(
@@ -629,8 +588,8 @@ fn write_snapshot(
     meta: &SnapshotMeta,
     started: Instant,
 ) -> Result<(), LmdbError> {
-    let tmp = shared.snapshot_path(meta.id, "tmp");
-    let file = if fs::rename(shared.spare(), &tmp).is_ok() {
+    let tmp = shared.snapshots.file(meta.id, "tmp");
+    let file = if fs::rename(shared.snapshots.spare(), &tmp).is_ok() {
         // Overwritten from the start; trimmed to size at the end.
         OpenOptions::new().write(true).open(&tmp)
     } else {
@@ -659,106 +618,14 @@ fn write_snapshot(
     io(|| format!("sync {}", tmp.display()), file.file.sync_all())?;
     io(
         || "publish the snapshot".to_string(),
-        fs::rename(&tmp, shared.snapshot_path(meta.id, "snap")),
+        fs::rename(&tmp, shared.snapshots.file(meta.id, "snap")),
     )?;
-    write_snapshot_meta(shared, meta, size, crc)?;
+    durable::sync_dir(shared.snapshots.path())?;
+    shared.snapshots.write_meta(meta, size, crc)?;
     // Once this snapshot counts as built, the log is compacted behind it: every apply
     // up to it must be on disk first (applies may defer their meta page).
     cur.env.force_sync()?;
-    prune_snapshots(shared)
-}
-
-/// Every complete snapshot on disk, newest first.
-fn list_snapshots(shared: &Shared) -> Result<Vec<SnapshotFileMeta>, LmdbError> {
-    let mut out = Vec::new();
-    for entry in io(
-        || "list snapshots".to_string(),
-        fs::read_dir(shared.snapshots()),
-    )?
-    .flatten()
-    {
-        if entry.path().extension().is_none_or(|e| e != "meta") {
-            continue;
-        }
-        let raw = match fs::read(entry.path()) {
-            Ok(raw) => raw,
-            // Pruned while we listed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(LmdbError::io(format!("read {}", entry.path().display()), e)),
-        };
-        let what = || entry.path().display().to_string();
-        let frame = common::unseal(&raw, &what)?;
-        let meta: SnapshotFileMeta =
-            decode_frame(frame).map_err(|e| LmdbError::corrupt(what(), e.to_string()))?;
-        out.push(meta);
-    }
-    out.sort_by_key(|m| std::cmp::Reverse(m.meta.last_log_id));
-    Ok(out)
-}
-
-/// Drops all but the newest `keep_snapshots` snapshots. Each one stops being listed at
-/// once (its `.meta` goes, and its `.snap` is renamed, so a reader opening it finds
-/// nothing). The first becomes the spare file the next snapshot overwrites; the bytes
-/// of any other are released in the background, a slice at a time.
-fn prune_snapshots(shared: &Shared) -> Result<(), LmdbError> {
-    let mut doomed = Vec::new();
-    for old in list_snapshots(shared)?
-        .into_iter()
-        .skip(shared.config.keep_snapshots.max(1))
-    {
-        let _ = fs::remove_file(shared.snapshot_path(old.meta.id, "meta"));
-        let snap = shared.snapshot_path(old.meta.id, "snap");
-        if !shared.spare().exists() && fs::rename(&snap, shared.spare()).is_ok() {
-            continue;
-        }
-        let del = shared.snapshot_path(old.meta.id, "del");
-        if fs::rename(&snap, &del).is_ok() {
-            doomed.push(del);
-        }
-    }
-    if !doomed.is_empty() {
-        let spawned = std::thread::Builder::new()
-            .name("raft-snapshot-prune".into())
-            .spawn(move || doomed.iter().for_each(|p| remove_gradually(p)));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a thread to delete old snapshots; they stay until the next start");
-        }
-    }
-    Ok(())
-}
-
-/// Bytes released per step when deleting a snapshot file.
-const DELETE_STEP: u64 = 8 << 20;
-/// The pause between steps.
-const DELETE_PAUSE: Duration = Duration::from_millis(5);
-
-/// Deletes a (large) file by shrinking it a slice at a time, then unlinking it. One
-/// `unlink` of a few hundred MiB frees every extent in one journal commit, which on a
-/// filesystem mounted with `discard` stalled concurrent log commits for ~50 ms.
-fn remove_gradually(path: &Path) {
-    if let Ok(file) = OpenOptions::new().write(true).open(path) {
-        let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        while len > DELETE_STEP {
-            len -= DELETE_STEP;
-            if file.set_len(len).is_err() {
-                break;
-            }
-            std::thread::sleep(DELETE_PAUSE);
-        }
-    }
-    if let Err(e) = fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
-    }
-}
-
-/// Writes a small file and syncs it (the caller syncs the directory).
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), LmdbError> {
-    let what = || format!("write {}", path.display());
-    let mut f = io(what, File::create(path))?;
-    io(what, f.write_all(bytes))?;
-    io(what, f.sync_all())
+    shared.snapshots.prune(shared.config.keep_snapshots)
 }
 
 /// A file writer that syncs every `snapshot_sync_bytes` and keeps under
@@ -879,23 +746,6 @@ fn build_state(
     Ok((next, name))
 }
 
-/// Records snapshot `meta`'s file (its size and checksum) next to it, durably: from
-/// then on the snapshot is listed and served.
-fn write_snapshot_meta(
-    shared: &Shared,
-    meta: &SnapshotMeta,
-    size: u64,
-    crc: u32,
-) -> Result<(), LmdbError> {
-    let record = sealed(&SnapshotFileMeta {
-        meta: meta.clone(),
-        size,
-        crc,
-    })?;
-    write_synced(&shared.snapshot_path(meta.id, "meta"), &record)?;
-    common::sync_dir(&shared.snapshots())
-}
-
 /// Makes `next`, built in the state directory `name`, the live state: one atomic
 /// rename of `CURRENT`, then the old directory goes.
 fn switch_to(shared: &Shared, next: Current, name: &str) -> Result<(), LmdbError> {
@@ -909,17 +759,67 @@ fn switch_to(shared: &Shared, next: Current, name: &str) -> Result<(), LmdbError
     Ok(())
 }
 
-/// After an OS crash: the state of our own newest snapshot, from its file.
-fn rebuild_from_snapshot(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
-    let path = shared.snapshot_path(meta.id, "snap");
-    let bytes = io(|| format!("read {}", path.display()), fs::read(&path))?;
-    snapshot_file::verify(&bytes[..])?;
-    let (next, name) = build_state(shared, meta, &bytes)?;
-    switch_to(shared, next, &name)?;
-    tracing::warn!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "rebuilt the state from the newest snapshot");
+/// Brings the state up to the newest intact snapshot when it must be: after an
+/// untrusted stop (the state was discarded), or when a snapshot newer than the state
+/// was published (a cut between an install's metadata and its switch). A snapshot
+/// whose file fails its checksum when read whole is set aside and the next older one
+/// is tried.
+fn recover(
+    shared: &Shared,
+    mut intact: Vec<SnapshotFileMeta>,
+    trusted: bool,
+) -> Result<(), LmdbError> {
+    let applied = {
+        let cur = shared.current();
+        let txn = cur.env.read_txn()?;
+        read_applied(&cur, &txn)?
+    };
+    let mut rebuilt = false;
+    while let Some(newest) = intact.first() {
+        if trusted && newest.meta.last_log_id.index <= applied.index {
+            break;
+        }
+        let meta = newest.meta.clone();
+        match read_snapshot_file(shared, &meta) {
+            Ok(bytes) => {
+                let (next, name) = build_state(shared, &meta, &bytes)?;
+                switch_to(shared, next, &name)?;
+                tracing::warn!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "rebuilt the state from the newest intact snapshot");
+                rebuilt = true;
+                break;
+            }
+            Err(problem) => {
+                shared.snapshots.set_aside(
+                    &[
+                        &shared.snapshots.file(meta.id, "meta"),
+                        &shared.snapshots.file(meta.id, "snap"),
+                    ],
+                    &problem.to_string(),
+                )?;
+                intact.remove(0);
+            }
+        }
+    }
+    if !trusted && !rebuilt {
+        tracing::error!(dir = %shared.dir.display(), "no intact snapshot to rebuild the state from: starting with an empty state; the node keeps its log and vote and gets the state from the leader's snapshot when its log does not reach back to the beginning");
+    }
     Ok(())
 }
 
+/// Reads snapshot `meta`'s file whole and checks it (size, checksum, framing). Any
+/// failure, including one to read the file, means the snapshot cannot be used.
+fn read_snapshot_file(shared: &Shared, meta: &SnapshotMeta) -> Result<Vec<u8>, LmdbError> {
+    let path = shared.snapshots.file(meta.id, "snap");
+    let bytes = io(|| format!("read {}", path.display()), fs::read(&path))?;
+    snapshot_file::verify(&bytes[..])?;
+    Ok(bytes)
+}
+
+/// Installs a received snapshot. Each file is durable before anything refers to it:
+/// the received bytes are synced; the new state is built and synced in its own
+/// directory; the file is renamed into `snapshots/` and the directory synced; its
+/// `.meta` is written atomically; then `CURRENT` switches to the new state. Only after
+/// this returns does the node reset its log behind the snapshot.
 fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
     let part = shared.incoming(meta.id);
     let bytes = io(|| format!("read {}", part.display()), fs::read(&part))?;
@@ -929,16 +829,21 @@ fn install(shared: &Shared, meta: &SnapshotMeta) -> Result<(), LmdbError> {
             .try_into()
             .map_err(|_| LmdbError::corrupt("snapshot", "trailer"))?,
     );
+    io(
+        || format!("sync {}", part.display()),
+        File::open(&part).and_then(|f| f.sync_all()),
+    )?;
     let (next, name) = build_state(shared, meta, &bytes)?;
     // Keep the received file as our snapshot, so it can be served to others.
-    let snap = shared.snapshot_path(meta.id, "snap");
+    let snap = shared.snapshots.file(meta.id, "snap");
     io(
         || "keep the received snapshot".to_string(),
         fs::rename(&part, &snap),
     )?;
-    write_snapshot_meta(shared, meta, size, crc)?;
+    durable::sync_dir(shared.snapshots.path())?;
+    shared.snapshots.write_meta(meta, size, crc)?;
     switch_to(shared, next, &name)?;
-    prune_snapshots(shared)?;
+    shared.snapshots.prune(shared.config.keep_snapshots)?;
     tracing::info!(dir = %shared.dir.display(), snapshot = ?meta.last_log_id, "installed a snapshot");
     Ok(())
 }
@@ -950,7 +855,7 @@ impl<M: Machine> StateMachine for LmdbStateMachine<M> {
             let cur = shared.current();
             let txn = cur.env.read_txn()?;
             let applied = read_applied(&cur, &txn)?;
-            let snapshot = list_snapshots(shared)?.into_iter().next().map(|s| s.meta);
+            let snapshot = shared.snapshots.list()?.into_iter().next().map(|s| s.meta);
             Ok(MachineState { applied, snapshot })
         })
         .await
@@ -1023,7 +928,7 @@ impl<M: Machine> StateMachine for LmdbStateMachine<M> {
         len: usize,
     ) -> Result<Option<(Bytes, bool)>, StorageError> {
         self.on_io("read a snapshot chunk", move |shared| {
-            let path = shared.snapshot_path(id, "snap");
+            let path = shared.snapshots.file(id, "snap");
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -201,12 +201,16 @@ fn x_and_applied(sm: &LmdbStateMachine<Kv>) -> (Option<Vec<u8>>, u64) {
     (x, applied.index.0)
 }
 
+/// The child of the crash tests below (this binary, run with `SM_CHILD_DIR` set): it
+/// applies x = a, b, c and snapshots at 3, applies d, e and snapshots at 5, applies f
+/// (not flushed: deferred applies), says it is ready and waits to be killed.
 #[test]
-fn deferred_applies_survive_a_process_crash_and_are_rebuilt_from_a_snapshot_after_an_os_crash() {
-    use raft_proto::{Membership, NodeId, SnapshotMeta};
-    let root = tempfile::tempdir().unwrap();
-    let live = root.path().join("live");
-    let sm = LmdbStateMachine::open(&live, Kv, config_on_boot("boot-1")).unwrap();
+fn sm_crash_child() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var("SM_CHILD_DIR") else {
+        return;
+    };
+    let sm = LmdbStateMachine::open(&dir, Kv, config_on_boot("boot-1")).unwrap();
     futures::executor::block_on(async {
         sm.apply(&[
             entry(1, kv_command("put", "x", "a")),
@@ -215,45 +219,242 @@ fn deferred_applies_survive_a_process_crash_and_are_rebuilt_from_a_snapshot_afte
         ])
         .await
         .unwrap();
-        sm.begin_snapshot(SnapshotMeta {
-            last_log_id: LogId::new(Term(1), LogIndex(3)),
-            membership: Membership::voters([NodeId(1)]),
-            id: 0,
-        })
-        .await
-        .unwrap();
+        sm.begin_snapshot(meta_at(3)).await.unwrap();
         sm.apply(&[
             entry(4, kv_command("append", "x", "d")),
             entry(5, kv_command("append", "x", "e")),
         ])
         .await
         .unwrap();
-    });
-    // Two images of the disk while it runs, applies 4-5 not flushed: the DIRTY mark
-    // says boot-1.
-    assert!(live.join("DIRTY").exists());
-    let (process_crash, os_crash) = (root.path().join("p"), root.path().join("o"));
-    copy_tree(&live, &process_crash);
-    copy_tree(&live, &os_crash);
-
-    // The same boot (only the process died): the OS kept every page; nothing is lost.
-    let after = LmdbStateMachine::open(&process_crash, Kv, config_on_boot("boot-1")).unwrap();
-    assert_eq!(x_and_applied(&after), (Some(b"abcde".to_vec()), 5));
-
-    // Another boot: the state is not trusted; the newest snapshot (index 3) is, and the
-    // node would apply the log from 4 again.
-    let after = LmdbStateMachine::open(&os_crash, Kv, config_on_boot("boot-2")).unwrap();
-    assert_eq!(x_and_applied(&after), (Some(b"abc".to_vec()), 3));
-    let again =
-        futures::executor::block_on(after.apply(&[entry(4, kv_command("append", "x", "d"))]))
+        sm.begin_snapshot(meta_at(5)).await.unwrap();
+        sm.apply(&[entry(6, kv_command("append", "x", "f"))])
+            .await
             .unwrap();
-    assert_eq!(again[0], Bytes::from("abcd"));
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nSM-CHILD-READY").unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
 
+fn meta_at(index: u64) -> raft_proto::SnapshotMeta {
+    raft_proto::SnapshotMeta {
+        last_log_id: LogId::new(Term(1), LogIndex(index)),
+        membership: raft_proto::Membership::voters([raft_proto::NodeId(1)]),
+        id: 0,
+    }
+}
+
+/// Runs the child in `dir` and kills it (SIGKILL) once it has applied 1-6: the page
+/// cache keeps what it wrote, as after a real process crash.
+fn crash_child_in(dir: &std::path::Path) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sm_crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SM_CHILD_DIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.ends_with("SM-CHILD-READY"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ready, "the child never got ready");
+    assert!(
+        dir.join("DIRTY").exists(),
+        "applies pending: the mark stays"
+    );
+}
+
+#[test]
+fn deferred_applies_survive_a_process_crash_and_are_rebuilt_from_a_snapshot_after_an_os_crash() {
+    let root = tempfile::tempdir().unwrap();
+    // The same boot (only the process died): the OS kept every page; nothing is lost.
+    let crashed = root.path().join("process-crash");
+    crash_child_in(&crashed);
+    let after = LmdbStateMachine::open(&crashed, Kv, config_on_boot("boot-1")).unwrap();
+    assert_eq!(x_and_applied(&after), (Some(b"abcdef".to_vec()), 6));
     // A clean close flushes and drops the mark: another boot then trusts the state.
-    drop(sm);
-    assert!(!live.join("DIRTY").exists());
-    let reopened = LmdbStateMachine::open(&live, Kv, config_on_boot("boot-2")).unwrap();
-    assert_eq!(x_and_applied(&reopened), (Some(b"abcde".to_vec()), 5));
+    drop(after);
+    assert!(!crashed.join("DIRTY").exists());
+    let reopened = LmdbStateMachine::open(&crashed, Kv, config_on_boot("boot-2")).unwrap();
+    assert_eq!(x_and_applied(&reopened), (Some(b"abcdef".to_vec()), 6));
+
+    // Another boot (an OS crash or power cut): the state is not trusted; the newest
+    // snapshot (index 5) is, and the node would apply the log from 6 again.
+    let rebooted = root.path().join("os-crash");
+    crash_child_in(&rebooted);
+    let after = LmdbStateMachine::open(&rebooted, Kv, config_on_boot("boot-2")).unwrap();
+    assert_eq!(x_and_applied(&after), (Some(b"abcde".to_vec()), 5));
+    let again =
+        futures::executor::block_on(after.apply(&[entry(6, kv_command("append", "x", "f"))]))
+            .unwrap();
+    assert_eq!(again[0], Bytes::from("abcdef"));
+}
+
+/// Issue 14, finding 5: a copy of a running node's directory (`cp -r`, same boot) is
+/// not the directory whose pages the OS kept: it may be torn, so it is rebuilt from
+/// the newest snapshot instead of trusted.
+#[test]
+fn a_copy_of_a_dirty_directory_on_the_same_boot_is_rebuilt_not_trusted() {
+    let root = tempfile::tempdir().unwrap();
+    let live = root.path().join("live");
+    crash_child_in(&live);
+    let copy = root.path().join("copy");
+    copy_tree(&live, &copy);
+    let from_copy = LmdbStateMachine::open(&copy, Kv, config_on_boot("boot-1")).unwrap();
+    assert_eq!(x_and_applied(&from_copy), (Some(b"abcde".to_vec()), 5));
+    let original = LmdbStateMachine::open(&live, Kv, config_on_boot("boot-1")).unwrap();
+    assert_eq!(x_and_applied(&original), (Some(b"abcdef".to_vec()), 6));
+}
+
+/// The files of the snapshot at `index` in a state machine directory.
+fn snapshot_files(dir: &std::path::Path, index: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let snaps = dir.join("snapshots");
+    for entry in std::fs::read_dir(&snaps).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "meta") && read_meta_index(&path) == Some(index) {
+            return (path.with_extension("snap"), path);
+        }
+    }
+    panic!("no snapshot at {index} in {}", snaps.display());
+}
+
+/// The last index a `.meta` file records (decoded the way the store writes it:
+/// CRC32C, then the version byte and the postcard record).
+fn read_meta_index(path: &std::path::Path) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        meta: raft_proto::SnapshotMeta,
+        #[allow(dead_code)]
+        size: u64,
+        #[allow(dead_code)]
+        crc: u32,
+    }
+    let raw = std::fs::read(path).ok()?;
+    let record: Record = raft_proto::decode_frame(raw.get(4..)?).ok()?;
+    Some(record.meta.last_log_id.index.0)
+}
+
+fn state_of(sm: &LmdbStateMachine<Kv>) -> raft_core::node::MachineState {
+    futures::executor::block_on(sm.state()).unwrap()
+}
+
+fn set_aside_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".damaged"))
+        .count()
+}
+
+/// Issue 14, findings 2 and 3: an empty `.meta` (a cut inside a metadata write) is set
+/// aside at start-up, not fatal; the older snapshot is reported.
+#[test]
+fn an_empty_meta_file_is_set_aside_at_start_up_not_fatal() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("sm");
+    crash_child_in(&dir);
+    let (_, meta) = snapshot_files(&dir, 5);
+    std::fs::write(&meta, b"").unwrap();
+    let sm = LmdbStateMachine::open(&dir, Kv, config_on_boot("boot-1")).unwrap();
+    let state = state_of(&sm);
+    assert_eq!(state.applied.index, LogIndex(6));
+    assert_eq!(
+        state.snapshot.map(|m| m.last_log_id.index),
+        Some(LogIndex(3))
+    );
+    assert!(set_aside_files(&dir) >= 1);
+}
+
+/// Issue 14, findings 1 and 3: a 0-byte `.snap` (a received snapshot a cut undid) is
+/// set aside at start-up, not fatal; the state is kept and the older snapshot reported.
+#[test]
+fn a_zero_byte_snapshot_is_reported_damaged_and_the_state_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("sm");
+    crash_child_in(&dir);
+    let (snap, _) = snapshot_files(&dir, 5);
+    std::fs::write(&snap, b"").unwrap();
+    let sm = LmdbStateMachine::open(&dir, Kv, config_on_boot("boot-1")).unwrap();
+    assert_eq!(x_and_applied(&sm), (Some(b"abcdef".to_vec()), 6));
+    let state = state_of(&sm);
+    assert_eq!(
+        state.snapshot.map(|m| m.last_log_id.index),
+        Some(LogIndex(3))
+    );
+}
+
+/// Issue 14, finding 3: after a power cut the state is rebuilt from a snapshot; when the
+/// newest one fails its checksum, the older one is used.
+#[test]
+fn after_a_power_cut_a_damaged_newest_snapshot_falls_back_to_an_older_one() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("sm");
+    crash_child_in(&dir);
+    let (snap, _) = snapshot_files(&dir, 5);
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&snap, &bytes).unwrap();
+    let sm = LmdbStateMachine::open(&dir, Kv, config_on_boot("boot-2")).unwrap();
+    assert_eq!(x_and_applied(&sm), (Some(b"abc".to_vec()), 3));
+    assert_eq!(
+        state_of(&sm).snapshot.map(|m| m.last_log_id.index),
+        Some(LogIndex(3))
+    );
+    assert!(set_aside_files(&dir) >= 1, "the damaged one is set aside");
+}
+
+/// Issue 14, finding 3: with every snapshot damaged after a power cut, the state starts
+/// empty (the node then gets it from its leader, or replays its log when it reaches
+/// back to the beginning).
+#[test]
+fn after_a_power_cut_with_every_snapshot_damaged_the_state_starts_empty() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("sm");
+    crash_child_in(&dir);
+    for index in [3, 5] {
+        let (snap, _) = snapshot_files(&dir, index);
+        std::fs::write(&snap, b"").unwrap();
+    }
+    let sm = LmdbStateMachine::open(&dir, Kv, config_on_boot("boot-2")).unwrap();
+    assert_eq!(x_and_applied(&sm), (None, 0));
+    let state = state_of(&sm);
+    assert_eq!(state.snapshot, None);
+}
+
+/// A cut between an install's metadata and its `CURRENT` switch leaves a published
+/// snapshot newer than the state: the next open rebuilds the state from it.
+#[test]
+fn a_published_snapshot_newer_than_the_state_is_rebuilt_at_open() {
+    let root = tempfile::tempdir().unwrap();
+    let source = root.path().join("source");
+    crash_child_in(&source);
+    let target = root.path().join("target");
+    {
+        let sm = LmdbStateMachine::open(&target, Kv, SmConfig::default()).unwrap();
+        futures::executor::block_on(sm.apply(&[entry(1, kv_command("put", "x", "old"))])).unwrap();
+    }
+    let (snap, meta) = snapshot_files(&source, 5);
+    for file in [&snap, &meta] {
+        std::fs::copy(
+            file,
+            target.join("snapshots").join(file.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let sm = LmdbStateMachine::open(&target, Kv, SmConfig::default()).unwrap();
+    assert_eq!(x_and_applied(&sm), (Some(b"abcde".to_vec()), 5));
 }
 
 #[test]

@@ -281,7 +281,7 @@ impl Driver {
                     }
                 }
                 Action::BuildSnapshot { meta } => self.hand_to_apply(Job::BuildSnapshot(meta)),
-                Action::PurgeLog { up_to } => self.env_log.purge(up_to).await?,
+                Action::PurgeLog { up_to, base } => self.env_log.purge(up_to, &base).await?,
                 Action::ReadSnapshotChunk {
                     to,
                     meta,
@@ -321,7 +321,10 @@ impl Driver {
                     // task to install, then fix the log.
                     let (done, installed) = oneshot::channel();
                     let last = meta.last_log_id;
-                    self.hand_to_apply(Job::Install { meta, done });
+                    self.hand_to_apply(Job::Install {
+                        meta: meta.clone(),
+                        done,
+                    });
                     match installed.await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -335,9 +338,9 @@ impl Driver {
                         }
                     }
                     if discard_log {
-                        self.env_log.reset(last).await?;
+                        self.env_log.reset(&meta).await?;
                     } else {
-                        self.env_log.purge(last).await?;
+                        self.env_log.purge(last, &meta).await?;
                     }
                     self.drop_covered_waiters(last.index);
                 }
@@ -461,5 +464,6 @@ pub(crate) fn metrics_of(raft: &Raft, state: NodeState) -> Metrics {
         snapshot: raft.log().snapshot().last_log_id,
         membership: raft.membership().clone(),
         replication,
+        state_lost: status.state_lost,
     }
 }

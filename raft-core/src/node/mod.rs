@@ -37,10 +37,11 @@ pub use watch::Watch;
 use crate::Config;
 use crate::error::{NotLeader, ProposeError, ReadError, TransferError};
 use crate::membership::{ConfChange, MembershipError};
-use crate::raft::{Raft, Restore, Role};
+use crate::raft::{Raft, Role};
+use crate::restore::{Restore, Stored};
 use futures::channel::{mpsc, oneshot};
 use futures::stream::BoxStream;
-use raft_proto::{Bytes, LogId, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+use raft_proto::{Bytes, LogId, LogIndex, Membership, Message, NodeId, Term};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,10 @@ pub struct Metrics {
     /// On a leader: each follower's match index (its lag is `last_log_id.index` minus
     /// this).
     pub replication: BTreeMap<NodeId, LogIndex>,
+    /// The state machine lost its state and waits for a snapshot from a leader: it
+    /// applies nothing and serves no linearizable read meanwhile (a local, stale read
+    /// would see an old or empty state).
+    pub state_lost: bool,
 }
 
 /// Why [`Node::start`] failed.
@@ -159,8 +164,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Reads the stores back, repairs what a crash between installing a snapshot and
-    /// cleaning the log left, and starts the driver.
+    /// Reads the stores back, reconciles them ([`Restore::plan`]: a cut between a
+    /// snapshot install and the log's reset, a damaged snapshot), and starts the driver.
     pub async fn start(
         config: Config,
         options: NodeOptions,
@@ -168,20 +173,24 @@ impl Node {
     ) -> Result<Node, StartError> {
         let stored = env.log.load().await?;
         let machine = env.state_machine.state().await?;
-        let snapshot = machine.snapshot.clone().unwrap_or_else(|| SnapshotMeta {
-            last_log_id: LogId::ZERO,
-            membership: options.initial_members.clone().unwrap_or_default(),
-            id: 0,
-        });
-        let (purged, entries) = reconcile(&env, stored.purged, stored.entries, &snapshot).await?;
-        let restore = Restore {
-            hard_state: stored.hard_state,
-            snapshot,
-            purged,
-            entries,
-            applied: machine.applied.index,
-        };
-        let raft = Raft::new(config, restore)?;
+        let plan = Restore::plan(
+            Stored {
+                hard_state: stored.hard_state,
+                purged: stored.purged,
+                entries: stored.entries,
+                log_base: stored.base,
+                applied: machine.applied,
+                snapshot: machine.snapshot,
+            },
+            options.initial_members.as_ref(),
+        );
+        for note in &plan.notes {
+            tracing::warn!(node = %config.id, "{note}");
+        }
+        if let Some(base) = &plan.reset_log {
+            env.log.reset(base).await?;
+        }
+        let raft = Raft::new(config, plan.restore)?;
         let id = raft.id();
         let (commands_tx, commands) = mpsc::unbounded();
         let (publisher, metrics) = watch::channel(driver::metrics_of(&raft, NodeState::Running));
@@ -280,23 +289,4 @@ impl Node {
             leader_hint: self.metrics.get().leader.filter(|&l| l != self.id),
         }
     }
-}
-
-/// A crash between installing a snapshot in the state machine and cleaning the log
-/// leaves a log that does not hold the snapshot's last entry: the snapshot supersedes
-/// it, so the log is reset to start after the snapshot.
-async fn reconcile(
-    env: &Environment,
-    purged: LogId,
-    entries: Vec<raft_proto::Entry>,
-    snapshot: &SnapshotMeta,
-) -> Result<(LogId, Vec<raft_proto::Entry>), StorageError> {
-    let snap = snapshot.last_log_id;
-    let holds = snap == purged || entries.iter().any(|e| e.log_id == snap);
-    if snap.index < purged.index || holds {
-        return Ok((purged, entries));
-    }
-    tracing::warn!(snapshot = ?snap, ?purged, "the log does not hold the installed snapshot's last entry; resetting it");
-    env.log.reset(snap).await?;
-    Ok((snap, Vec::new()))
 }

@@ -42,6 +42,10 @@ pub struct StoredLog {
     pub purged: LogId,
     /// Every stored entry after `purged`, in order.
     pub entries: Vec<Entry>,
+    /// The snapshot the log continues, as the last purge or reset recorded it (its
+    /// last id and configuration): the node knows its configuration from it even when
+    /// the state machine's snapshot is lost. `None` before the first purge.
+    pub base: Option<SnapshotMeta>,
 }
 
 /// Durable storage of the Raft log and the hard state.
@@ -74,21 +78,24 @@ pub trait LogStore: Send + Sync + 'static {
     /// the end of the log, none if `from` is purged.
     async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError>;
 
-    /// Removes every entry up to and including `up_to` and remembers `up_to` as the
-    /// last purged id. Everything removed is covered by a durable snapshot.
+    /// Removes every entry up to and including `up_to`, remembers `up_to` as the last
+    /// purged id and `base` as [`StoredLog::base`]. Everything removed is covered by
+    /// the durable snapshot `base`.
     ///
     /// To ensure correctness:
     /// - never remove an entry after `up_to`;
+    /// - store `up_to` and `base` together with the removal (one transaction);
     /// - need not be synced at once, but must never become visible before the
     ///   writes that preceded it.
-    async fn purge(&self, up_to: LogId) -> Result<(), StorageError>;
+    async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError>;
 
-    /// Removes every entry and sets the last purged id to `last`: a received snapshot
-    /// ending at `last` replaced the whole log.
+    /// Removes every entry; the log now starts after `base.last_log_id` (the last
+    /// purged id), and `base` becomes [`StoredLog::base`]: a received snapshot replaced
+    /// the whole log.
     ///
     /// To ensure correctness: durable before returning (the node answers the leader
     /// right after).
-    async fn reset(&self, last: LogId) -> Result<(), StorageError>;
+    async fn reset(&self, base: &SnapshotMeta) -> Result<(), StorageError>;
 }
 
 /// What a [`StateMachine`] reports at start-up.
@@ -96,7 +103,8 @@ pub trait LogStore: Send + Sync + 'static {
 pub struct MachineState {
     /// The last entry whose effects are durable in the state machine.
     pub applied: LogId,
-    /// The newest durable snapshot, if any.
+    /// The newest durable snapshot whose data is intact, if any (at or behind
+    /// `applied`: the state builds on it).
     pub snapshot: Option<SnapshotMeta>,
 }
 
@@ -112,7 +120,12 @@ pub type SnapshotTask = BoxFuture<'static, Result<SnapshotMeta, StorageError>>;
 pub trait StateMachine: Send + Sync + 'static {
     /// The durable applied entry and snapshot, read once at start-up.
     ///
-    /// To ensure correctness: report what a crash left, never more.
+    /// To ensure correctness:
+    /// - report what a crash left, never more;
+    /// - never refuse to start because a snapshot file is damaged: report the newest
+    ///   intact one, or none; when the state does not reach the log's start, the node
+    ///   keeps its log and vote and gets the state from a leader's snapshot (see
+    ///   [`Restore::plan`](crate::Restore::plan)).
     async fn state(&self) -> Result<MachineState, StorageError>;
 
     /// Applies committed entries, in order, and returns one response per entry (empty

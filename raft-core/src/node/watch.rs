@@ -82,6 +82,11 @@ impl<T: Clone> Watch<T> {
         lock(&self.shared).value.clone()
     }
 
+    /// Reads a part of the latest value without cloning the whole of it.
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&lock(&self.shared).value)
+    }
+
     /// Waits until a value newer than the last one this watch returned is published,
     /// and returns it; `None` once the publisher is gone (the node stopped).
     pub async fn changed(&mut self) -> Option<T> {

@@ -97,21 +97,23 @@ impl LogStore for MemLogStore {
             .collect())
     }
 
-    async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
+    async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError> {
         self.check("purge the log")?;
         let mut log = lock(&self.log);
         log.entries.retain(|e| e.log_id.index > up_to.index);
         if up_to.index > log.purged.index {
             log.purged = up_to;
+            log.base = Some(base.clone());
         }
         Ok(())
     }
 
-    async fn reset(&self, last: LogId) -> Result<(), StorageError> {
+    async fn reset(&self, base: &SnapshotMeta) -> Result<(), StorageError> {
         self.check("reset the log")?;
         let mut log = lock(&self.log);
         log.entries.clear();
-        log.purged = last;
+        log.purged = base.last_log_id;
+        log.base = Some(base.clone());
         Ok(())
     }
 }

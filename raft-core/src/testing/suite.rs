@@ -105,9 +105,16 @@ pub async fn log_store(
     );
     assert_eq!(loaded.hard_state.term, Term(3));
 
-    // Purging a prefix remembers the purged id; later appends continue after it.
+    // Purging a prefix remembers the purged id and the snapshot it continues; later
+    // appends continue after it.
+    assert_eq!(loaded.base, None, "no base before the first purge");
+    let base = SnapshotMeta {
+        last_log_id: LogId::new(Term(3), LogIndex(3)),
+        membership: Membership::voters([NodeId(1), NodeId(2), NodeId(3)]),
+        id: 7,
+    };
     store
-        .purge(LogId::new(Term(3), LogIndex(2)))
+        .purge(LogId::new(Term(3), LogIndex(2)), &base)
         .await
         .expect("purge");
     let store = reopen(store);
@@ -117,6 +124,7 @@ pub async fn log_store(
         LogId::new(Term(3), LogIndex(2)),
         "the purged id survives a restart"
     );
+    assert_eq!(loaded.base.as_ref(), Some(&base), "so does the base");
     assert_eq!(
         ids(&loaded.entries),
         vec![(3, 3), (3, 4)],
@@ -154,14 +162,17 @@ pub async fn log_store(
     );
 
     // Reset drops everything after a snapshot replaced the log.
-    store
-        .reset(LogId::new(Term(4), LogIndex(40)))
-        .await
-        .expect("reset");
+    let installed = SnapshotMeta {
+        last_log_id: LogId::new(Term(4), LogIndex(40)),
+        membership: Membership::voters([NodeId(1), NodeId(2)]),
+        id: 9,
+    };
+    store.reset(&installed).await.expect("reset");
     let store = reopen(store);
     let loaded = store.load().await.expect("load after reset");
     assert!(loaded.entries.is_empty(), "reset removes every entry");
     assert_eq!(loaded.purged, LogId::new(Term(4), LogIndex(40)));
+    assert_eq!(loaded.base.as_ref(), Some(&installed));
     assert_eq!(
         loaded.hard_state.term,
         Term(3),

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use raft_core::{Action, Config, Persist, Raft, ReadError, Restore, Role};
+use raft_core::{Action, Config, Persist, Plan, Raft, ReadError, Restore, Role, Stored};
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message, NodeId, ReadId,
     SnapshotMeta, Term, decode_frame, encode_frame,
@@ -105,12 +105,17 @@ impl TestNode {
             purged: disk.purged,
             entries: disk.entries.clone(),
             applied: disk.snapshot.last_log_id.index,
+            state_lost: false,
         };
         let state = if disk.snapshot_data.is_empty() {
             Vec::new()
         } else {
             decode_frame(&disk.snapshot_data).expect("a snapshot this test wrote")
         };
+        Self::from_restore(config, disk, restore, state)
+    }
+
+    fn from_restore(config: Config, disk: Disk, restore: Restore, state: Vec<Vec<u8>>) -> TestNode {
         TestNode {
             raft: Raft::new(config.clone(), restore).expect("valid test node"),
             config,
@@ -276,7 +281,7 @@ impl Cluster {
                 node.disk.snapshot = meta.clone();
                 node.raft.snapshot_built(Some(meta));
             }
-            Action::PurgeLog { up_to } => node.disk.purge(up_to),
+            Action::PurgeLog { up_to, .. } => node.disk.purge(up_to),
             Action::ReadSnapshotChunk { .. } if node.slow_chunk_reads => {
                 node.chunk_reads.push_back(action);
             }
@@ -441,6 +446,33 @@ impl Cluster {
         self.nodes
             .insert(id, TestNode::with_disk(node.config, node.disk));
         self.in_flight.retain(|(_, to, _)| *to != id);
+    }
+
+    /// Restarts `id` as after a power cut that destroyed its snapshot file: the state
+    /// machine comes back empty, while the log, the hard state and the log store's
+    /// record of the snapshot the log continues survive. Returns how it resumed.
+    pub fn restart_with_snapshot_lost(&mut self, id: NodeId) -> Plan {
+        let node = self.nodes.remove(&id).expect("node exists");
+        let mut disk = node.disk;
+        let plan = Restore::plan(
+            Stored {
+                hard_state: disk.hard_state,
+                purged: disk.purged,
+                entries: disk.entries.clone(),
+                log_base: Some(disk.snapshot.clone()),
+                applied: LogId::ZERO,
+                snapshot: None,
+            },
+            None,
+        );
+        disk.snapshot = plan.restore.snapshot.clone();
+        disk.snapshot_data = Vec::new();
+        self.nodes.insert(
+            id,
+            TestNode::from_restore(node.config, disk, plan.restore.clone(), Vec::new()),
+        );
+        self.in_flight.retain(|(_, to, _)| *to != id);
+        plan
     }
 
     /// Starts a brand-new node `id` that belongs to no configuration yet (it joins
