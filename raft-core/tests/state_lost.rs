@@ -89,8 +89,15 @@ fn small_config() -> Config {
 fn a_node_that_lost_its_state_serves_no_read_until_its_snapshot_arrives() {
     let mut c = Cluster::new_with(3, small_snapshots);
     c.elect(n(1));
-    propose_many(&mut c, 1, 0, 12);
-    c.restart_with_snapshot_lost(n(3));
+    // The blank entry and 9 commands: node 3's last snapshot covers the whole
+    // committed log, so the read index equals the index its lost state stood for.
+    propose_many(&mut c, 1, 0, 9);
+    let plan = c.restart_with_snapshot_lost(n(3));
+    assert_eq!(
+        plan.restore.snapshot.last_log_id.index,
+        c.raft(n(1)).log().committed(),
+        "the read index will be the lost node's base"
+    );
     // Node 3 learns its leader, then asks for a read while its state is gone; the
     // leader confirms the read index, but the read waits for the state.
     c.ticks(1);
