@@ -43,6 +43,7 @@ on_both_runtimes!(
     a_far_behind_follower_catches_up_by_snapshot,
     five_nodes_survive_two_failures,
     a_failing_disk_stops_the_node_with_a_clear_error,
+    a_node_whose_snapshot_was_lost_starts_and_gets_the_state_back,
 );
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -426,5 +427,38 @@ async fn a_failing_disk_stops_the_node_with_a_clear_error(rt: Arc<dyn Runtime>) 
     .await;
     c.put(new, "after", "3").await.unwrap();
     assert_eq!(c.machines[&new].get("before").as_deref(), Some("1"));
+    c.shutdown().await;
+}
+
+/// Issue 14: a node restarts over its log with its snapshot gone (an empty state
+/// machine, as after a damaged snapshot file): `Node::start` does not refuse, the node
+/// reports its state lost, applies and serves nothing, and gets the state back from
+/// the leader's snapshot.
+async fn a_node_whose_snapshot_was_lost_starts_and_gets_the_state_back(rt: Arc<dyn Runtime>) {
+    let mut c = Cluster::start(rt, 3, small_snapshots).await;
+    let leader = c.leader().await;
+    for i in 0..40 {
+        c.put(leader, &format!("k{i}"), "v").await.unwrap();
+    }
+    c.applied_everywhere(c.applied(leader)).await;
+    let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();
+    c.stop_node(follower).await;
+    assert!(
+        c.logs[&follower].snapshot().purged.index.0 > 0,
+        "its log was compacted behind a snapshot"
+    );
+    c.machines
+        .insert(follower, MemStateMachine::new(follower.0 + 100));
+    c.start_node(follower).await;
+    // The first published metrics are those of the restored core.
+    assert!(
+        c.node(follower).metrics().get().state_lost || c.applied(follower).0 > 0,
+        "it started knowing its state was lost"
+    );
+    c.put(leader, "after", "1").await.unwrap();
+    c.applied_everywhere(c.applied(leader)).await;
+    let m = c.node(follower).metrics().get();
+    assert!(!m.state_lost, "the state is back: {m:?}");
+    assert_eq!(c.machines[&follower].dump(), c.machines[&leader].dump());
     c.shutdown().await;
 }
