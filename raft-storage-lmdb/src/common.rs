@@ -109,6 +109,12 @@ pub struct EnvConfig {
     /// With a full disk, a write waits for space this long before failing (the node
     /// stops accepting writes meanwhile; nothing is lost or corrupted).
     pub disk_full_patience: Duration,
+    /// The log store's write-ahead log: bytes per segment, zero-filled before use
+    /// (default 32 MiB). Unused by the state machine.
+    pub wal_segment_bytes: u64,
+    /// The log store checkpoints its write-ahead log into LMDB after this many bytes
+    /// (default 16 MiB). Unused by the state machine.
+    pub wal_checkpoint_bytes: u64,
 }
 
 impl Default for EnvConfig {
@@ -117,6 +123,8 @@ impl Default for EnvConfig {
             map_size: 1 << 30,
             max_map_size: 1 << 40,
             disk_full_patience: Duration::from_secs(600),
+            wal_segment_bytes: 32 << 20,
+            wal_checkpoint_bytes: 16 << 20,
         }
     }
 }

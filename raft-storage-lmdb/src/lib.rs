@@ -43,6 +43,7 @@ mod snapshots;
 mod state_machine;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wal;
 mod worker;
 
 pub use common::{EnvConfig, FORMAT_VERSION, LmdbError};

@@ -43,6 +43,12 @@ impl<S: Send + 'static> Worker<S> {
         Ok(Worker { jobs })
     }
 
+    /// Queues `f` to run on the thread, without waiting for it; false if the thread
+    /// has stopped.
+    pub(crate) fn post(&self, f: impl FnOnce(&mut S) + Send + 'static) -> bool {
+        self.jobs.send(Box::new(f)).is_ok()
+    }
+
     /// Runs `f` on the thread and returns its result.
     pub(crate) async fn call<R: Send + 'static>(
         &self,

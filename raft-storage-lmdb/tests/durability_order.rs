@@ -6,7 +6,7 @@
 //! needs:
 //!
 //! - a file's bytes are synced before a trusted name (`*.snap`, `*.meta`, `CURRENT`,
-//!   `DIRTY`) is given to it;
+//!   `DIRTY`, a WAL segment `*.wal`) is given to it;
 //! - a trusted name is synced into its directory before the next trusted name is
 //!   published (so a `.meta` never names a `.snap` that a cut can undo, and `CURRENT`
 //!   never names a state whose snapshot metadata can vanish);
@@ -125,7 +125,11 @@ fn parse(trace: &str, under: &Path) -> Vec<Ev> {
 
 fn trusted(path: &Path) -> bool {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    name == "CURRENT" || name == "DIRTY" || name.ends_with(".snap") || name.ends_with(".meta")
+    name == "CURRENT"
+        || name == "DIRTY"
+        || name.ends_with(".snap")
+        || name.ends_with(".meta")
+        || name.ends_with(".wal")
 }
 
 fn parent(p: &Path) -> PathBuf {

@@ -71,18 +71,21 @@ fn batch(from: u64, n: u64) -> Persist {
     }
 }
 
+/// Sizes that fit a 6 MiB tmpfs: 1 MiB WAL segments.
+fn small_disk(config: EnvConfig) -> EnvConfig {
+    EnvConfig {
+        map_size: 64 << 20,
+        wal_segment_bytes: 1 << 20,
+        wal_checkpoint_bytes: 512 << 10,
+        ..config
+    }
+}
+
 #[test]
 fn a_full_disk_pauses_writes_and_they_resume_when_space_returns() {
     let Some(fs) = Tmpfs::mount("6m") else { return };
     let dir = fs.0.join("log");
-    let store = LmdbLogStore::open(
-        &dir,
-        EnvConfig {
-            map_size: 64 << 20,
-            ..EnvConfig::default()
-        },
-    )
-    .unwrap();
+    let store = LmdbLogStore::open(&dir, small_disk(EnvConfig::default())).unwrap();
     futures::executor::block_on(store.write(&batch(1, 10))).unwrap();
     let filler = fill(&fs.0);
     // A write now waits for space instead of failing or corrupting anything.
@@ -113,11 +116,10 @@ fn a_full_disk_pauses_writes_and_they_resume_when_space_returns() {
 fn a_disk_that_stays_full_fails_the_write_with_a_clear_error() {
     let Some(fs) = Tmpfs::mount("6m") else { return };
     let dir = fs.0.join("log");
-    let config = EnvConfig {
-        map_size: 64 << 20,
+    let config = small_disk(EnvConfig {
         disk_full_patience: Duration::from_millis(300),
         ..EnvConfig::default()
-    };
+    });
     let store = LmdbLogStore::open(&dir, config).unwrap();
     futures::executor::block_on(store.write(&batch(1, 10))).unwrap();
     let _filler = fill(&fs.0);
@@ -130,35 +132,65 @@ fn a_disk_that_stays_full_fails_the_write_with_a_clear_error() {
         text.contains("No space left on device") || text.contains("space"),
         "{text}"
     );
-    // Nothing half-written: the earlier entries are intact, the failed batch absent.
-    drop(_filler);
+    // Nothing half-written: once there is space again, the earlier entries are
+    // intact and the failed batch is absent.
+    std::fs::remove_file(&_filler).unwrap();
     let log = futures::executor::block_on(store.load()).unwrap();
     assert_eq!(log.entries.len(), 10);
 }
 
+/// The LMDB map holds the checkpointed log: when it cannot grow any more, the
+/// checkpoint fails, the next operation says how to fix it, and nothing acknowledged
+/// is lost (it is in the write-ahead log).
 #[test]
-fn a_full_map_grows_until_its_maximum_then_says_so() {
+fn a_full_map_grows_until_its_maximum_then_says_so_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = EnvConfig {
         map_size: 1 << 20,
         max_map_size: 4 << 20,
         ..EnvConfig::default()
     };
-    let store = LmdbLogStore::open(dir.path(), config).unwrap();
+    let store = LmdbLogStore::open(dir.path(), config.clone()).unwrap();
     // 2 MiB of entries: more than the initial 1 MiB map, so it grows.
     futures::executor::block_on(store.write(&batch(1, 500))).unwrap();
-    // 8 MiB more cannot fit in the 4 MiB maximum.
-    let err = futures::executor::block_on(store.write(&batch(501, 2000))).unwrap_err();
-    let text = std::error::Error::source(&err)
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    assert!(text.contains("raise max_map_size"), "{text}");
     assert_eq!(
         futures::executor::block_on(store.load())
             .unwrap()
             .entries
             .len(),
-        500,
-        "the failed batch left nothing"
+        500
     );
+    // 8 MiB more cannot fit in the 4 MiB maximum: the write is durable in the WAL,
+    // and the checkpoint into LMDB says what to do.
+    futures::executor::block_on(store.write(&batch(501, 2000))).unwrap();
+    let err = futures::executor::block_on(store.load()).unwrap_err();
+    let text = std::error::Error::source(&err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(text.contains("raise max_map_size"), "{text}");
+    drop(store);
+    let bigger = EnvConfig {
+        max_map_size: 64 << 20,
+        ..config
+    };
+    let store = reopen(dir.path(), bigger);
+    assert_eq!(
+        futures::executor::block_on(store.load())
+            .unwrap()
+            .entries
+            .len(),
+        2500,
+        "nothing acknowledged was lost"
+    );
+}
+
+/// Opens the store once its threads from an earlier open have let go of it.
+fn reopen(dir: &Path, config: EnvConfig) -> LmdbLogStore {
+    for _ in 0..200 {
+        match LmdbLogStore::open(dir, config.clone()) {
+            Ok(s) => return s,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    panic!("cannot reopen {}", dir.display());
 }

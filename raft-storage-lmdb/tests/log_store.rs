@@ -91,6 +91,8 @@ fn a_corrupted_byte_is_detected_and_not_served() {
             ..Persist::default()
         };
         futures::executor::block_on(store.write(&batch)).unwrap();
+        // Into LMDB (a load checkpoints the write-ahead log).
+        futures::executor::block_on(store.load()).unwrap();
     }
     std::thread::sleep(Duration::from_millis(50));
     // Flip one byte of the second entry's payload in the data file.
@@ -182,4 +184,99 @@ fn a_log_file_with_damaged_headers_is_refused_with_an_error_naming_it() {
             );
         }
     }
+}
+
+/// The child of the WAL damage tests (this binary with `WAL_CHILD_DIR` set): five
+/// batches, each with a marked entry, then it waits to be killed, so nothing is
+/// checkpointed on a clean close and the WAL alone holds them.
+#[test]
+fn wal_child_writer() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var("WAL_CHILD_DIR") else {
+        return;
+    };
+    let store = LmdbLogStore::open(&dir, EnvConfig::default()).unwrap();
+    for b in 1..=5u64 {
+        let batch = Persist {
+            entries: vec![entry(
+                b,
+                format!("WAL-BATCH-{b}-{}", "p".repeat(64)).as_bytes(),
+            )],
+            ..Persist::default()
+        };
+        futures::executor::block_on(store.write(&batch)).unwrap();
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nWAL-CHILD-READY").unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Runs the child in `dir`, kills it, and flips a byte of batch `b`'s WAL record.
+fn five_batches_then_flip(dir: &Path, b: u64) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "wal_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("WAL_CHILD_DIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.ends_with("WAL-CHILD-READY"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ready, "the child never got ready");
+    let segment = dir.join("wal").join(format!("{:016x}.wal", 0));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let marker = format!("WAL-BATCH-{b}-");
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the record is in the WAL");
+    bytes[at + marker.len() + 5] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_wal_record_before_the_tail_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    five_batches_then_flip(dir.path(), 2);
+    let err = LmdbLogStore::open(dir.path(), EnvConfig::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("corruption") && err.contains("later records are intact"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_last_wal_record_is_a_torn_tail_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    five_batches_then_flip(dir.path(), 5);
+    let store = LmdbLogStore::open(dir.path(), EnvConfig::default()).unwrap();
+    let log = futures::executor::block_on(store.load()).unwrap();
+    assert_eq!(
+        log.entries
+            .iter()
+            .map(|e| e.log_id.index.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    // The log continues after the cut.
+    let batch = Persist {
+        entries: vec![entry(5, b"again")],
+        ..Persist::default()
+    };
+    futures::executor::block_on(store.write(&batch)).unwrap();
 }
