@@ -42,6 +42,20 @@ use std::time::{Duration, Instant};
 /// The prefix of every run directory (and so of every image path).
 pub const PREFIX: &str = "raft-power-loss-";
 
+/// Where run directories go: `PL_DIR`, else `/var/tmp` (a disk, where `chattr +i`
+/// and direct I/O work, rather than a tmpfs `/tmp`), else the temporary directory.
+pub fn base_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PL_DIR") {
+        return PathBuf::from(d);
+    }
+    let var_tmp = Path::new("/var/tmp");
+    if var_tmp.is_dir() {
+        var_tmp.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// The node whose disk is cut (B).
 pub const B: u64 = 2;
 
@@ -279,7 +293,7 @@ impl PowerCluster {
     pub fn create(disk_mb: u64, tweak: &dyn Fn(&mut ServerConfig)) -> Result<PowerCluster, String> {
         let tmp = tempfile::Builder::new()
             .prefix(PREFIX)
-            .tempdir()
+            .tempdir_in(base_dir())
             .map_err(|e| format!("temporary directory: {e}"))?;
         let dir = tmp.path().to_path_buf();
         let certs = dir.join("certs");
