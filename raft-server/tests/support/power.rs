@@ -35,6 +35,7 @@ use raft_server::{Client, ClientOptions, ServerConfig};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -260,6 +261,7 @@ pub struct Node {
 impl Node {
     fn end_guards(&mut self) {
         for mut g in self.guards.drain(..) {
+            let _ = sh("kill", &["-KILL", "--", &format!("-{}", g.id())]);
             let _ = g.kill();
             let _ = g.wait();
         }
@@ -414,8 +416,10 @@ impl PowerCluster {
         sh("kill", &[sig, &pid.to_string()])?;
         let node = self.nodes.get_mut(&id).ok_or("no such node")?;
         if sig == "-STOP" {
+            // In a process group of its own, so that ending it ends its `sleep` too.
             let guard = Command::new("sh")
                 .args(["-c", &format!("sleep 120 && kill -CONT {pid} 2>/dev/null")])
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
