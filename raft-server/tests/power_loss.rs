@@ -716,9 +716,14 @@ async fn drive(
         ));
         return Ok(());
     }
-    // The state machine writes the boot id it read into its DIRTY file at start.
+    // The state machine writes the boot id it read into its DIRTY file at start
+    // (a line `boot <id>`, then the directory's identity).
     let dirty = cluster.b_mountpoint().join("data/sm/DIRTY");
-    let seen = std::fs::read_to_string(&dirty).unwrap_or_default();
+    let seen = std::fs::read_to_string(&dirty)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("boot ").map(str::to_string))
+        .unwrap_or_default();
     let expected = if scenario.new_boot_id() {
         boot_id
     } else {
