@@ -44,7 +44,16 @@ log "building (release)"
 cargo build --release --locked -q -p raft-server
 RAFT=$ROOT/target/release/raft-server
 if [[ " $SYSTEMS " == *" etcd "* ]]; then
-    cargo build --release -q --manifest-path "$ETCD_TOOLS/etcd-bench/Cargo.toml" \
+    # Built from a copy: the shared tools folder is only read (cargo would write a
+    # Cargo.lock next to the manifest).
+    rm -rf "$ROOT/target/etcd-bench/src-copy"
+    mkdir -p "$ROOT/target/etcd-bench"
+    cp -r "$ETCD_TOOLS/etcd-bench" "$ROOT/target/etcd-bench/src-copy"
+    chmod -R u+w "$ROOT/target/etcd-bench/src-copy"
+    # Its own workspace, not a member of ours.
+    grep -q '^\[workspace\]' "$ROOT/target/etcd-bench/src-copy/Cargo.toml" ||
+        printf '\n[workspace]\n' >> "$ROOT/target/etcd-bench/src-copy/Cargo.toml"
+    cargo build --release -q --manifest-path "$ROOT/target/etcd-bench/src-copy/Cargo.toml" \
         --target-dir "$ROOT/target/etcd-bench"
     ETCD_BENCH=$ROOT/target/etcd-bench/release/etcd-bench
 fi

@@ -16,6 +16,7 @@
 //! connections): it may or may not have been applied, and it will not be applied
 //! twice. Every other error means the request did not take effect.
 
+use crate::lane::{Lane, Outcome};
 use crate::proto::{
     self, AdminOp, Consistency, ReadOp, Request, Response, ServerError, SessionRef, Status,
     WriteOp, Written,
@@ -106,6 +107,13 @@ impl ClientError {
     }
 }
 
+/// A connection to one node and the lane every request goes through.
+struct Link {
+    addr: SocketAddr,
+    conn: ClientConnection,
+    lane: Arc<Lane>,
+}
+
 struct SessionState {
     client_id: u64,
     next_seq: u64,
@@ -116,8 +124,8 @@ struct Inner {
     endpoints: Vec<SocketAddr>,
     identity: Identity,
     options: ClientOptions,
-    /// The connection in use, and where it goes.
-    conn: tokio::sync::Mutex<Option<(SocketAddr, ClientConnection)>>,
+    /// The connection in use, where it goes, and its lane.
+    conn: tokio::sync::Mutex<Option<Link>>,
     /// Where to send next (the leader, when known).
     target: Mutex<SocketAddr>,
     session: tokio::sync::Mutex<Option<Arc<Mutex<SessionState>>>>,
@@ -421,7 +429,6 @@ impl Client {
     /// Sends `request` until it gets an answer that is not a redirect, or the call
     /// times out.
     async fn call(&self, request: &Request, is_write: bool) -> Result<Response, ClientError> {
-        let frame = encode(request)?;
         let o = &self.inner.options;
         let started = Instant::now();
         let mut backoff = o.backoff.0;
@@ -437,7 +444,7 @@ impl Client {
             }
             let target = *lock(&self.inner.target);
             let attempt =
-                tokio::time::timeout(o.attempt_timeout, self.attempt(target, &frame)).await;
+                tokio::time::timeout(o.attempt_timeout, self.attempt(target, request)).await;
             let redirect_now = match attempt {
                 Err(_) => {
                     sent = true;
@@ -516,41 +523,62 @@ impl Client {
 
     async fn drop_connection(&self, addr: SocketAddr) {
         let mut conn = self.inner.conn.lock().await;
-        if conn.as_ref().is_some_and(|(a, _)| *a == addr)
-            && let Some((_, c)) = conn.take()
+        if conn.as_ref().is_some_and(|l| l.addr == addr)
+            && let Some(link) = conn.take()
         {
-            c.connection.close(0u32.into(), b"retrying elsewhere");
+            link.conn
+                .connection
+                .close(0u32.into(), b"retrying elsewhere");
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    /// The connection to `addr` and its lane, opened when needed.
+    async fn link(&self, addr: SocketAddr) -> Result<(quinn::Connection, Arc<Lane>), String> {
         let mut conn = self.inner.conn.lock().await;
-        if let Some((a, c)) = conn.as_ref()
-            && *a == addr
-            && c.connection.close_reason().is_none()
+        if let Some(link) = conn.as_mut()
+            && link.addr == addr
+            && link.conn.connection.close_reason().is_none()
         {
-            return Ok(c.connection.clone());
+            if link.lane.is_broken() {
+                link.lane = Arc::new(Lane::open(&link.conn.connection).await?);
+            }
+            return Ok((link.conn.connection.clone(), link.lane.clone()));
         }
         let rt = runtime().map_err(|e| e.to_string())?;
         let c = raft_net_quic::connect_client(&self.inner.identity, addr, rt)
             .await
             .map_err(|e| e.to_string())?;
+        let lane = Arc::new(Lane::open(&c.connection).await?);
         let connection = c.connection.clone();
-        if let Some((_, old)) = conn.replace((addr, c)) {
-            old.connection.close(0u32.into(), b"moved");
+        let link = Link {
+            addr,
+            conn: c,
+            lane: lane.clone(),
+        };
+        if let Some(old) = conn.replace(link) {
+            old.conn.connection.close(0u32.into(), b"moved");
         }
-        Ok(connection)
+        Ok((connection, lane))
     }
 
-    async fn attempt(&self, addr: SocketAddr, frame: &[u8]) -> Attempt {
-        match self.connection(addr).await {
-            Ok(conn) => exchange(&conn, frame).await,
-            Err(e) => Attempt::NotSent(e),
+    async fn attempt(&self, addr: SocketAddr, request: &Request) -> Attempt {
+        let (conn, lane) = match self.link(addr).await {
+            Ok(link) => link,
+            Err(e) => return Attempt::NotSent(e),
+        };
+        let attempt = match lane.call(request).await {
+            Outcome::Answer(r) => Attempt::Answer(r),
+            Outcome::NotSent(e) => Attempt::NotSent(e),
+            Outcome::Lost(e) => Attempt::Lost(e),
+        };
+        match attempt {
+            Attempt::NotSent(_) | Attempt::Lost(_) => certificate_refused(&conn).unwrap_or(attempt),
+            other => other,
         }
     }
 }
 
-/// One request on its own stream of `conn`.
+/// One request on its own stream of `conn` (for [`Client::request_once`]).
 async fn exchange(conn: &quinn::Connection, frame: &[u8]) -> Attempt {
     let attempt = exchange_inner(conn, frame).await;
     match attempt {

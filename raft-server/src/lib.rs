@@ -25,6 +25,7 @@ pub mod config;
 pub mod data_dir;
 pub mod dev;
 pub mod kv;
+mod lane;
 pub mod metrics;
 pub mod proto;
 pub mod server;

@@ -1,6 +1,13 @@
-//! The client protocol: one request and one response per bidirectional QUIC stream
-//! (ALPN `raft-client/1`), each a length-prefixed, versioned postcard frame, so a
-//! client keeps many requests in flight on one connection.
+//! The client protocol (ALPN `raft-client/1`): length-prefixed, versioned postcard
+//! frames on bidirectional QUIC streams, in one of two shapes.
+//!
+//! - **A lane** (what [`Client`](crate::Client) uses): a stream that opens with
+//!   [`LANE_PREAMBLE`] and then carries any number of [`Tagged`] requests; the server
+//!   answers each with a [`Tagged`] response of the same id, as soon as it is ready
+//!   (not necessarily in order), several per write. One stream serves a connection's
+//!   whole life: no stream set-up, teardown or task per request.
+//! - **One request per stream**: a [`Request`] frame, answered by one [`Response`]
+//!   frame, then the stream ends (for tools that send a single request).
 
 use raft_proto::{Bytes, NodeId};
 use serde::{Deserialize, Serialize};
@@ -293,6 +300,18 @@ impl ServerError {
 /// The largest request or response frame (a scan answer included).
 pub const MAX_FRAME: usize = 8 << 20;
 
+/// The first 8 bytes of a lane: a length no frame can have, then `LANE`.
+pub const LANE_PREAMBLE: [u8; 8] = [0xff, 0xff, 0xff, 0xff, b'L', b'A', b'N', b'E'];
+
+/// A request or a response on a lane, with the id that pairs them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tagged<T> {
+    /// Chosen by the client, unique among its requests in flight on the lane.
+    pub id: u64,
+    /// The request or the response.
+    pub body: T,
+}
+
 /// Encodes a message as one frame (length prefix, version byte, postcard).
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, raft_proto::EncodeError> {
     let body = raft_proto::encode_frame(value)?;
@@ -306,12 +325,36 @@ pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, raft_pro
     raft_proto::decode_frame(body)
 }
 
+/// Appends a message as one frame (length prefix, version byte, postcard) to `out`.
+pub fn encode_into<T: Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), raft_proto::EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = raft_proto::encode_frame_into(value, out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
 /// Reads one length-prefixed frame from a stream, refusing one over [`MAX_FRAME`].
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len)
         .await
         .map_err(|e| format!("reading a frame: {e}"))?;
+    read_frame_body(recv, len).await
+}
+
+/// Reads the body of a frame whose length prefix `len` was already read.
+pub async fn read_frame_body(
+    recv: &mut quinn::RecvStream,
+    len: [u8; 4],
+) -> Result<Vec<u8>, String> {
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(format!(

@@ -5,7 +5,7 @@ use crate::config::{ConfigError, Validated};
 use crate::kv::{self, Body, Kv, KvCommand};
 use crate::metrics::{self, Exposition, ServerMetrics, sample};
 use crate::proto::{
-    self, AdminOp, Consistency, ReadOp, Request, Response, ServerError, Status, WriteResult,
+    self, AdminOp, Consistency, ReadOp, Request, Response, ServerError, Status, Tagged, WriteResult,
 };
 use raft_core::node::{
     Environment, LogStore, MachineState, Metrics, Node, NodeOptions, NodeState, SnapshotTask,
@@ -21,6 +21,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Requests of one lane in progress at once.
+const LANE_IN_FLIGHT: usize = 1024;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -356,28 +360,130 @@ impl Shared {
         }
     }
 
-    async fn serve_stream(
+    /// A stream is a lane (it opens with [`proto::LANE_PREAMBLE`]) or carries one
+    /// request.
+    async fn serve_stream(self: Arc<Self>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let mut first = [0u8; 4];
+        if recv.read_exact(&mut first).await.is_err() {
+            return;
+        }
+        if first == proto::LANE_PREAMBLE[..4] {
+            let mut rest = [0u8; 4];
+            if recv.read_exact(&mut rest).await.is_ok() && rest == proto::LANE_PREAMBLE[4..] {
+                self.serve_lane(send, recv).await;
+            }
+            return;
+        }
+        self.serve_one(send, recv, first).await;
+    }
+
+    /// One request on its own stream, whose length prefix `len` was read.
+    async fn serve_one(
         self: Arc<Self>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        len: [u8; 4],
     ) {
-        let started = Instant::now();
-        let response = match proto::read_frame(&mut recv).await {
+        let response = match proto::read_frame_body(&mut recv, len).await {
             Err(e) => Response::Error(ServerError::Invalid(e)),
             Ok(body) => match proto::decode::<Request>(&body) {
                 Err(e) => {
                     Response::Error(ServerError::Invalid(format!("undecodable request: {e}")))
                 }
-                Ok(request) => {
-                    let timeout = Duration::from_millis(self.config.config.request_timeout_ms);
-                    match tokio::time::timeout(timeout, self.handle(request)).await {
-                        Ok(r) => r,
-                        Err(_) => Response::Error(ServerError::Unknown(format!(
-                            "no outcome within {timeout:?} on the server"
-                        ))),
+                Ok(request) => self.answer(request).await,
+            },
+        };
+        match proto::encode(&response) {
+            Ok(frame) => {
+                let _ = send.write_all(&frame).await;
+                let _ = send.finish();
+            }
+            Err(e) => tracing::error!(node = %self.id, error = %e, "cannot encode a response"),
+        }
+    }
+
+    /// A lane: requests are read by a task of their own and answered as they complete,
+    /// the answers ready at the same time written together. At most
+    /// [`LANE_IN_FLIGHT`] requests of a lane are in progress; beyond that the lane is
+    /// not read (QUIC's flow control then holds the client back).
+    async fn serve_lane(self: Arc<Self>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let (requests, mut incoming) =
+            tokio::sync::mpsc::channel::<Tagged<Request>>(LANE_IN_FLIGHT);
+        let id = self.id;
+        let reader = tokio::spawn(async move {
+            loop {
+                let body = match proto::read_frame(&mut recv).await {
+                    Ok(body) => body,
+                    Err(_) => return, // the client closed the lane, or broke it
+                };
+                match proto::decode::<Tagged<Request>>(&body) {
+                    Ok(request) => {
+                        if requests.send(request).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %id, error = %e, "closing a lane: undecodable request");
+                        let _ = recv.stop(1u32.into());
+                        return;
                     }
                 }
-            },
+            }
+        });
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut out = Vec::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                request = incoming.recv(), if open && pending.len() < LANE_IN_FLIGHT => match request {
+                    Some(Tagged { id, body }) => {
+                        let server = self.clone();
+                        pending.push(async move { Tagged { id, body: server.answer(body).await } });
+                    }
+                    None => open = false,
+                },
+                Some(answer) = pending.next(), if !pending.is_empty() => {
+                    self.encode_answer(&answer, &mut out);
+                    while let Some(Some(answer)) = pending.next().now_or_never() {
+                        self.encode_answer(&answer, &mut out);
+                    }
+                    if send.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+                else => break,
+            }
+            if !open && pending.is_empty() {
+                break;
+            }
+        }
+        reader.abort();
+        let _ = send.finish();
+    }
+
+    fn encode_answer(&self, answer: &Tagged<Response>, out: &mut Vec<u8>) {
+        if let Err(e) = proto::encode_into(answer, out) {
+            tracing::error!(node = %self.id, error = %e, "cannot encode a response");
+            let failed = Tagged {
+                id: answer.id,
+                body: Response::Error(ServerError::Failed(format!(
+                    "cannot encode the response: {e}"
+                ))),
+            };
+            let _ = proto::encode_into(&failed, out);
+        }
+    }
+
+    /// Handles a request within the request timeout, and counts it.
+    async fn answer(&self, request: Request) -> Response {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(self.config.config.request_timeout_ms);
+        let response = match tokio::time::timeout(timeout, self.handle(request)).await {
+            Ok(r) => r,
+            Err(_) => Response::Error(ServerError::Unknown(format!(
+                "no outcome within {timeout:?} on the server"
+            ))),
         };
         let m = &self.metrics;
         m.request_seconds.observe_duration(started.elapsed());
@@ -386,13 +492,7 @@ impl Shared {
         } else {
             m.requests_ok.inc()
         }
-        match proto::encode(&response) {
-            Ok(frame) => {
-                let _ = send.write_all(&frame).await;
-                let _ = send.finish();
-            }
-            Err(e) => tracing::error!(node = %self.id, error = %e, "cannot encode a response"),
-        }
+        response
     }
 
     async fn handle(&self, request: Request) -> Response {

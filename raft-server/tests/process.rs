@@ -617,3 +617,81 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused() {
         "the nodes log why they refused the client:\n{logs}"
     );
 }
+
+/// The client protocol's lane: the calls of one client (and its clones) share one
+/// stream; answers come back by id, out of order when they complete out of order; a
+/// lane that sends garbage is closed without harming the connection's other streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_share_one_lane_and_a_garbled_lane_closes_alone() {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, |_| {});
+    let client = cluster.client(Duration::from_secs(20));
+    let leader = cluster.wait_leader(&client, &[1, 2, 3], LEADER_WAIT).await;
+    // 400 writes and reads at once through clones of one client: one connection, one
+    // lane, every answer to its own call.
+    let mut calls = Vec::new();
+    for i in 0..200u32 {
+        let c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.put(format!("lane-{i}"), format!("v{i}"))
+                .await
+                .map(|_| ())
+        }));
+    }
+    for call in calls {
+        call.await.expect("task").expect("put");
+    }
+    let mut reads = Vec::new();
+    for i in 0..200u32 {
+        let c = client.clone();
+        reads.push(tokio::spawn(async move {
+            (i, c.get(format!("lane-{i}")).await)
+        }));
+    }
+    for read in reads {
+        let (i, got) = read.await.expect("task");
+        assert_eq!(
+            got.expect("get"),
+            Some(Bytes::from(format!("v{i}"))),
+            "the answer to lane-{i} went to its caller"
+        );
+    }
+    // A lane preamble followed by garbage: that stream is closed, the connection and
+    // its other streams go on.
+    let rt = raft_net_quic::tokio_runtime().expect("inside tokio");
+    let conn = raft_net_quic::connect_client(&cluster.identity(), cluster.addr(leader), rt)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.connection.open_bi().await.expect("stream");
+    let mut garbage = raft_server::proto::LANE_PREAMBLE.to_vec();
+    garbage.extend_from_slice(&5u32.to_le_bytes());
+    garbage.extend_from_slice(b"\x01\xff\xff\xff\xff");
+    send.write_all(&garbage).await.expect("write");
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Err(_)) | Ok(Ok(None))),
+        "the garbled lane is closed: {closed:?}"
+    );
+    let (mut send, mut recv) = conn.connection.open_bi().await.expect("another stream");
+    let frame = raft_server::proto::encode(&Request::Read {
+        op: raft_server::proto::ReadOp::Get {
+            key: Bytes::from("lane-7"),
+        },
+        consistency: Consistency::Linearizable,
+    })
+    .expect("encode");
+    send.write_all(&frame).await.expect("write");
+    let _ = send.finish();
+    let body = raft_server::proto::read_frame(&mut recv)
+        .await
+        .expect("answer");
+    let answer: Response = raft_server::proto::decode(&body).expect("decode");
+    assert_eq!(
+        answer,
+        Response::Value {
+            value: Some(Bytes::from("v7"))
+        },
+        "the connection still serves"
+    );
+}
