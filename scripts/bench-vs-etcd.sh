@@ -90,6 +90,7 @@ ROWS=(
     "linearizable get, 64 clients|--workload get --clients 64 --total $((100000 / S)) --warmup-ops 2000 --val-size 128"
     "mixed 90/10, 64 clients|--workload mixed --read-pct 90 --clients 64 --total $((100000 / S)) --warmup-ops 2000 --val-size 128"
     "put, 256 clients, 1 KiB values|--workload put --clients 256 --total $((50000 / S)) --warmup-ops 4000 --val-size 1024"
+    "put, 256 clients, 2 CPU hogs|--workload put --clients 256 --total $((50000 / S)) --warmup-ops 4000 --val-size 128"
 )
 
 # Waits (at most 30 s) until the machine is quiet: under 20% of one core busy over 1 s.
@@ -114,8 +115,18 @@ run_rows() { # system tool endpoints-args pid-file
         local name=${row%%|*} flags=${row#*|}
         wait_quiet
         echo "--- $system: $name"
+        # A row named "... CPU hogs" runs with that many busy loops beside it.
+        local hogs=()
+        if [[ $name =~ ([0-9]+)\ CPU\ hogs ]]; then
+            for _ in $(seq 1 "${BASH_REMATCH[1]}"); do
+                (while :; do :; done) &
+                hogs+=($!)
+            done
+        fi
         # shellcheck disable=SC2086
-        out=$("$tool" $endpoints $flags $COMMON --pid-file "$pids" --label "$name" 2>&1) || {
+        out=$("$tool" $endpoints $flags $COMMON --pid-file "$pids" --label "$name" 2>&1) || true
+        for h in "${hogs[@]}"; do kill "$h" 2>/dev/null || true; done
+        grep -q '^RESULT_JSON' <<< "$out" || {
             echo "$out" >&2
             echo "$system: '$name' failed" >&2
             exit 1
@@ -156,7 +167,17 @@ if [[ " $SYSTEMS " == *" raft "* ]]; then
     echo "--- raft: populate 100,000 keys"
     "$RAFT" bench "${R[@]}" --workload populate --clients 64 --key-size 16 --key-space 100000 \
         --time-limit 120 --pid-file "$DIR/cluster.pids" | grep -v '^RESULT_JSON'
+    leader_changes() {
+        local sum=0 v
+        for i in 0 1 2; do
+            v=$(curl -s --max-time 2 "127.0.0.1:$((RAFT_METRICS_PORT + i))/metrics" | awk '/^raft_leader_changes_total/ {print $2}')
+            sum=$((sum + ${v%.*}))
+        done
+        echo "$sum"
+    }
+    changes_before=$(leader_changes)
     run_rows raft "$RAFT" "bench ${R[*]}" "$DIR/cluster.pids"
+    echo "raft-server: leader changes seen by the nodes during the whole matrix: $(($(leader_changes) - changes_before))" | tee "$OUT/raft-leader-changes.txt"
     stop_raft
     trap - EXIT
 fi

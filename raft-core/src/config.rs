@@ -29,6 +29,12 @@ pub struct Config {
     pub max_inflight_appends: usize,
     /// The most payload bytes in flight to one follower in the pipelined state.
     pub max_inflight_bytes: usize,
+    /// A leader refuses proposals ([`ProposeError::Busy`](crate::ProposeError::Busy))
+    /// while the entries it has not committed yet hold this many payload bytes (0: no
+    /// limit), so that overload turns into back-pressure instead of a growing log and
+    /// latency (etcd's MaxUncommittedEntriesSize). A proposal is always accepted when
+    /// nothing is uncommitted, whatever its size.
+    pub max_uncommitted_bytes: u64,
     /// Ask the state machine for a snapshot once this many entries were applied since
     /// the last one (0: never on its own; [`Raft::trigger_snapshot`](crate::Raft::trigger_snapshot) still works).
     pub snapshot_entries: u64,
@@ -64,6 +70,7 @@ impl Config {
             max_append_bytes: 1 << 20,
             max_inflight_appends: 64,
             max_inflight_bytes: 32 << 20,
+            max_uncommitted_bytes: 64 << 20,
             snapshot_entries: 10_000,
             snapshot_bytes: 64 << 20,
             snapshot_keep_entries: 1_000,

@@ -24,6 +24,22 @@ pub enum ProposeError {
         /// The transfer's target.
         to: NodeId,
     },
+    /// The leader holds [`Config::max_uncommitted_bytes`](crate::Config::max_uncommitted_bytes)
+    /// of uncommitted entries: the command was not appended. Retry after a short
+    /// backoff.
+    #[error("busy: {uncommitted_bytes} bytes of entries are not committed yet; retry shortly")]
+    Busy {
+        /// Payload bytes not yet committed.
+        uncommitted_bytes: u64,
+    },
+    /// The node's queue of commands waiting for its driver is full
+    /// ([`NodeOptions::max_queued_commands`](crate::node::NodeOptions::max_queued_commands)):
+    /// the command was not taken. Retry after a short backoff.
+    #[error("overloaded: {queued} commands are waiting for the node; retry shortly")]
+    Overloaded {
+        /// Commands waiting.
+        queued: usize,
+    },
     /// This node leads but its state machine lost its state (a damaged snapshot): it
     /// cannot apply commands, and hands leadership to another voter as soon as one
     /// has caught up. Retry shortly, at another node.
@@ -57,6 +73,13 @@ pub enum ReadError {
     /// The node stopped before the read was confirmed.
     #[error("the node has stopped")]
     Stopped,
+    /// The node's queue of commands is full (see
+    /// [`ProposeError::Overloaded`]); retry after a short backoff.
+    #[error("overloaded: {queued} commands are waiting for the node; retry shortly")]
+    Overloaded {
+        /// Commands waiting.
+        queued: usize,
+    },
 }
 
 /// Why [`Raft::transfer_leader`](crate::Raft::transfer_leader) was refused.

@@ -148,7 +148,7 @@ impl RaftLog {
     }
 
     /// The entries held, in order.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> {
         self.entries.iter()
     }
 

@@ -83,6 +83,9 @@ pub(crate) struct LeaderState {
     pub(crate) transfer: Option<Transfer>,
     /// Reusable buffer for the commit computation.
     pub(crate) scratch: Vec<LogIndex>,
+    /// Payload bytes of the entries after the commit index (see
+    /// [`Config::max_uncommitted_bytes`]).
+    pub(crate) uncommitted_bytes: u64,
 }
 
 /// Role-specific state: follower code cannot reach a leader's progress table.
@@ -378,6 +381,13 @@ impl Raft {
             self.check_invariants();
             return;
         }
+        // CheckQuorum: any message of this term from a follower shows it is alive,
+        // whatever kind it is (an answer queued behind others still counts).
+        if let RoleState::Leader(l) = &mut self.role
+            && let Some(pr) = l.progress.get_mut(&from)
+        {
+            pr.recent_active = true;
+        }
         match message {
             Message::VoteRequest(m) => self.handle_vote_request(from, m),
             Message::VoteResponse(m) => self.handle_vote_response(from, m),
@@ -406,6 +416,15 @@ impl Raft {
         }
         if self.log.state_lost() {
             return Err(ProposeError::StateLost);
+        }
+        let limit = self.config.max_uncommitted_bytes;
+        if limit > 0
+            && leader.uncommitted_bytes > 0
+            && leader.uncommitted_bytes + command.len() as u64 > limit
+        {
+            return Err(ProposeError::Busy {
+                uncommitted_bytes: leader.uncommitted_bytes,
+            });
         }
         let id = self.append_as_leader(EntryPayload::Command(command));
         self.check_invariants();
@@ -690,6 +709,14 @@ impl Raft {
             .filter(|&m| m != self.id)
             .map(|m| (m, Progress::new(next)))
             .collect();
+        let committed = self.log.committed();
+        let uncommitted_bytes = self
+            .log
+            .entries()
+            .rev()
+            .take_while(|e| e.log_id.index > committed)
+            .map(|e| e.payload_len() as u64)
+            .sum();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,
             heartbeat_elapsed: 0,
@@ -698,6 +725,7 @@ impl Raft {
             reads: ReadState::default(),
             transfer: None,
             scratch: Vec::new(),
+            uncommitted_bytes,
         }));
         self.leader = Some(self.id);
         self.reset_election_timer();
@@ -709,7 +737,11 @@ impl Raft {
     /// Appends an entry in the leader's term; it goes out at the next flush.
     pub(crate) fn append_as_leader(&mut self, payload: EntryPayload) -> LogId {
         let log_id = LogId::new(self.hard_state.term, self.log.last_index().next());
-        self.log.append(Entry { log_id, payload });
+        let entry = Entry { log_id, payload };
+        if let RoleState::Leader(l) = &mut self.role {
+            l.uncommitted_bytes += entry.payload_len() as u64;
+        }
+        self.log.append(entry);
         // A one-voter cluster commits as soon as its own write is durable.
         log_id
     }
@@ -771,6 +803,20 @@ impl Raft {
                         ctx()
                     );
                 }
+                let committed = self.log.committed();
+                let uncommitted: u64 = self
+                    .log
+                    .entries()
+                    .rev()
+                    .take_while(|e| e.log_id.index > committed)
+                    .map(|e| e.payload_len() as u64)
+                    .sum();
+                assert_eq!(
+                    l.uncommitted_bytes,
+                    uncommitted,
+                    "{}: uncommitted bytes miscounted",
+                    ctx()
+                );
             }
             RoleState::Candidate(_) => {
                 assert_eq!(

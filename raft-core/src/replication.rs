@@ -222,7 +222,6 @@ impl Raft {
         let Some(pr) = l.progress.get_mut(&from) else {
             return;
         };
-        pr.recent_active = true;
         pr.acked_round = pr.acked_round.max(m.round.min(l.round));
         match m.result {
             AppendResult::Success { match_index } => {
@@ -281,9 +280,19 @@ impl Raft {
             .copied()
             .unwrap_or_default();
         l.scratch = matched;
-        if quorum_index > self.log.committed()
-            && self.log.term(quorum_index) == Some(self.hard_state.term)
-        {
+        let committed = self.log.committed();
+        if quorum_index > committed && self.log.term(quorum_index) == Some(self.hard_state.term) {
+            let newly: u64 = self
+                .log
+                .entries()
+                .rev()
+                .take_while(|e| e.log_id.index > committed)
+                .filter(|e| e.log_id.index <= quorum_index)
+                .map(|e| e.payload_len() as u64)
+                .sum();
+            if let RoleState::Leader(l) = &mut self.role {
+                l.uncommitted_bytes = l.uncommitted_bytes.saturating_sub(newly);
+            }
             self.log.commit_to(quorum_index);
             self.on_leader_commit();
         }

@@ -142,7 +142,6 @@ impl Raft {
         let Some(pr) = l.progress.get_mut(&from) else {
             return;
         };
-        pr.recent_active = true;
         pr.state_lost = true;
         if lost_here {
             tracing::debug!(node = %self.id, %from, "a follower asks for a snapshot, but this node lost its own state");
@@ -267,7 +266,6 @@ impl Raft {
         let Some(pr) = l.progress.get_mut(&from) else {
             return;
         };
-        pr.recent_active = true;
         let Some(t) = pr
             .snapshot
             .as_mut()

@@ -96,6 +96,35 @@ fn dissertation_6_2_check_quorum_leader_with_a_quorum_stays() {
 }
 
 #[test]
+fn dissertation_6_2_check_quorum_counts_any_message_from_a_follower() {
+    // §6.2 asks for "a successful round of heartbeats"; under load a follower's append
+    // answers can be late while other messages from it get through. Any message of the
+    // term shows the follower is alive: here followers' append answers are all lost,
+    // but they keep forwarding reads, and the leader stays.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let term = c.term(n(1));
+    c.drop_if = Some(|_, to, m| to == n(1) && matches!(m, Message::AppendResponse(_)));
+    for round in 0..10 {
+        for f in [2, 3] {
+            c.raft_mut(n(f))
+                .read_index(ReadId(round * 10 + f))
+                .expect("follows a leader");
+        }
+        c.ticks(3);
+    }
+    assert_eq!(
+        (c.role(n(1)), c.term(n(1))),
+        (Role::Leader, term),
+        "the forwarded reads kept it leading, without an election"
+    );
+    c.isolate(n(2));
+    c.isolate(n(3));
+    c.ticks(25);
+    assert_ne!(c.role(n(1)), Role::Leader, "silence still deposes it");
+}
+
+#[test]
 fn dissertation_4_2_3_votes_are_ignored_while_a_leader_is_heard() {
     // §4.2.3: "if a server receives a RequestVote request within the minimum election
     // timeout of hearing from a current leader, it does not update its term or grant

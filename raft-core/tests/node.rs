@@ -462,3 +462,103 @@ async fn a_node_whose_snapshot_was_lost_starts_and_gets_the_state_back(rt: Arc<d
     assert_eq!(c.machines[&follower].dump(), c.machines[&leader].dump());
     c.shutdown().await;
 }
+
+/// A log store whose writes wait until released: the driver stalls on it (tokio only).
+struct HeldLog {
+    inner: MemLogStore,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl raft_core::node::LogStore for HeldLog {
+    async fn load(&self) -> Result<raft_core::node::StoredLog, raft_core::node::StorageError> {
+        self.inner.load().await
+    }
+    async fn write(&self, batch: &raft_core::Persist) -> Result<(), raft_core::node::StorageError> {
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.inner.write(batch).await
+    }
+    async fn entries(
+        &self,
+        from: raft_proto::LogIndex,
+        to: raft_proto::LogIndex,
+    ) -> Result<Vec<raft_proto::Entry>, raft_core::node::StorageError> {
+        self.inner.entries(from, to).await
+    }
+    async fn purge(
+        &self,
+        up_to: raft_proto::LogId,
+        base: &raft_proto::SnapshotMeta,
+    ) -> Result<(), raft_core::node::StorageError> {
+        self.inner.purge(up_to, base).await
+    }
+    async fn reset(
+        &self,
+        base: &raft_proto::SnapshotMeta,
+    ) -> Result<(), raft_core::node::StorageError> {
+        self.inner.reset(base).await
+    }
+}
+
+/// Back-pressure: while the driver is stuck (its disk holds every write), proposals
+/// and reads beyond `max_queued_commands` are refused at once, and taken again once
+/// it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_refuses_commands_beyond_its_queue_then_takes_them_again() {
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime::current().unwrap());
+    let router = Router::new();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let id = NodeId(1);
+    let (transport, incoming) = router.register(id);
+    let mut options = NodeOptions::new(Membership::voters([id]));
+    options.max_queued_commands = 8;
+    options.tick = Duration::from_millis(5);
+    let env = Environment {
+        log: Arc::new(HeldLog {
+            inner: MemLogStore::new(),
+            open: open.clone(),
+        }),
+        state_machine: Arc::new(MemStateMachine::new(1)),
+        transport,
+        incoming,
+        runtime: rt.clone(),
+    };
+    let node = Node::start(Config::new(id), options, env).await.unwrap();
+    within(&rt, "a leader", node.leader()).await;
+    node.propose(kv_command("put", "a", "1")).await.unwrap();
+    // Hold the disk: the next write blocks the driver, and commands pile up.
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    let first = tokio::spawn({
+        let node = node.clone();
+        async move { node.propose(kv_command("put", "b", "2")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut waiting = Vec::new();
+    for i in 0..8 {
+        let node = node.clone();
+        waiting.push(tokio::spawn(async move {
+            node.propose(kv_command("put", &format!("k{i}"), "v")).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = node.propose(kv_command("put", "late", "x")).await;
+    assert!(
+        matches!(refused, Err(ProposeError::Overloaded { .. })),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        node.read().await,
+        Err(raft_core::ReadError::Overloaded { .. })
+    ));
+    // Released: everything queued completes, and new commands are taken again.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    first.await.unwrap().unwrap();
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    node.propose(kv_command("put", "after", "y")).await.unwrap();
+    node.read().await.unwrap();
+    node.shutdown().await;
+}

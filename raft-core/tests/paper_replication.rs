@@ -3,7 +3,7 @@
 
 mod support;
 
-use raft_core::{Action, Config, Role};
+use raft_core::{Action, Config, ProposeError, Role};
 use raft_proto::{
     AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload, LogId,
     LogIndex, Message, NodeId, Term,
@@ -536,4 +536,48 @@ fn paper_5_3_an_answer_never_follows_the_truncation_of_what_it_acknowledges() {
         "the truncating write comes after the answer: {s:?}"
     );
     assert_eq!(terms(&c, n(2)), vec![1, 2]);
+}
+
+#[test]
+fn a_leader_refuses_proposals_beyond_its_uncommitted_bytes_then_accepts_again() {
+    // Back-pressure (etcd's MaxUncommittedEntriesSize): while followers cannot commit,
+    // the leader stops appending at `max_uncommitted_bytes` instead of growing its log.
+    let mut c = Cluster::new_with(3, |cfg| cfg.max_uncommitted_bytes = 1000);
+    c.elect(n(1));
+    c.isolate(n(2));
+    c.isolate(n(3));
+    let command = "x".repeat(300);
+    let mut accepted = 0;
+    let refused = loop {
+        match c.raft_mut(n(1)).propose(command.as_str().into()) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 10, "never refused");
+    };
+    assert_eq!(accepted, 3, "300-byte commands: 3 fit under 1000 bytes");
+    assert!(
+        matches!(
+            refused,
+            ProposeError::Busy {
+                uncommitted_bytes: 900
+            }
+        ),
+        "{refused:?}"
+    );
+    c.heal();
+    c.ticks(2);
+    c.settle();
+    assert!(
+        c.raft_mut(n(1)).propose(command.as_str().into()).is_ok(),
+        "committed: room again"
+    );
+    // A command larger than the limit is accepted when nothing is uncommitted.
+    c.settle();
+    c.ticks(2);
+    assert!(
+        c.raft_mut(n(1))
+            .propose("y".repeat(5000).as_str().into())
+            .is_ok()
+    );
 }

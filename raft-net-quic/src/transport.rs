@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -64,6 +64,12 @@ pub struct QuicConfig {
     /// the endpoint dials from the socket it listens on). For a node joining a
     /// cluster whose members it does not know yet.
     pub admit_unknown_peers: bool,
+    /// Handshakes from addresses that are not known peers in progress at once, at
+    /// most (default 32). Beyond that a new connection is refused at once (QUIC's
+    /// CONNECTION_REFUSED, no TLS work), so a crowd of clients reconnecting under load
+    /// cannot spend the node's CPU on handshakes it cannot finish in time; peers are
+    /// never refused.
+    pub max_client_handshakes: usize,
 }
 
 impl QuicConfig {
@@ -89,6 +95,7 @@ impl QuicConfig {
             reconnect: (Duration::from_millis(50), Duration::from_secs(2)),
             accept_clients: false,
             admit_unknown_peers: false,
+            max_client_handshakes: 32,
         }
     }
 }
@@ -284,6 +291,8 @@ struct Inner {
     incoming: mpsc::Sender<(NodeId, Message)>,
     clients: Option<mpsc::Sender<quinn::Connection>>,
     dropped_incoming: AtomicU64,
+    /// Handshakes of non-peers in progress (see `max_client_handshakes`).
+    client_handshakes: AtomicUsize,
     closed: AtomicBool,
     jitter: AtomicU64,
 }
@@ -351,6 +360,7 @@ impl QuicTransport {
             incoming: incoming_tx,
             clients: clients_tx,
             dropped_incoming: AtomicU64::new(0),
+            client_handshakes: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             jitter: AtomicU64::new(config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
             config,
@@ -586,11 +596,29 @@ impl Inner {
 
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            let from_peer = lock(&self.peers).values().any(|p| *lock(&p.addr) == remote);
+            if !from_peer {
+                let busy = self.client_handshakes.fetch_add(1, Ordering::SeqCst);
+                if busy >= self.config.max_client_handshakes {
+                    self.client_handshakes.fetch_sub(1, Ordering::SeqCst);
+                    tracing::debug!(node = %self.id, %remote, busy, "refused a connection: too many handshakes in progress");
+                    incoming.refuse();
+                    continue;
+                }
+            }
             let inner = self.clone();
             self.runtime.spawn(Box::pin(async move {
-                let remote = incoming.remote_address();
-                match incoming.await {
+                let handshake = incoming.await;
+                if !from_peer {
+                    inner.client_handshakes.fetch_sub(1, Ordering::SeqCst);
+                }
+                match handshake {
                     Ok(conn) => inner.on_connection(conn).await,
+                    // The other side gave up (a client's own timeout): not a refusal.
+                    Err(e) if abandoned(&e) => {
+                        tracing::debug!(node = %inner.id, %remote, error = %e, "a connection was abandoned during its handshake")
+                    }
                     Err(e) => tracing::warn!(node = %inner.id, %remote, error = %e, "refused a connection (TLS handshake failed)"),
                 }
             }));
@@ -791,6 +819,18 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// Whether a handshake ended because the other side gave up on it (it closed the
+/// connection as an application, or went silent), rather than because it was refused.
+fn abandoned(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::TimedOut => true,
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+        }
+        _ => false,
     }
 }
 

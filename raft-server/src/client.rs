@@ -443,30 +443,31 @@ impl Client {
                 });
             }
             let target = *lock(&self.inner.target);
-            let attempt =
-                tokio::time::timeout(o.attempt_timeout, self.attempt(target, request)).await;
+            let attempt = self
+                .attempt_while_alive(target, request, started + o.timeout)
+                .await;
             let redirect_now = match attempt {
-                Err(_) => {
+                None => {
                     sent = true;
                     last_error = format!("no answer from {target} within {:?}", o.attempt_timeout);
                     self.drop_connection(target).await;
                     self.next_target();
                     false
                 }
-                Ok(Attempt::NotSent(e)) => {
+                Some(Attempt::NotSent(e)) => {
                     last_error = format!("{target}: {e}");
                     self.drop_connection(target).await;
                     self.next_target();
                     false
                 }
-                Ok(Attempt::Lost(e)) => {
+                Some(Attempt::Lost(e)) => {
                     sent = true;
                     last_error = format!("{target}: {e}");
                     self.drop_connection(target).await;
                     self.next_target();
                     false
                 }
-                Ok(Attempt::Answer(Response::Error(e))) => match e {
+                Some(Attempt::Answer(Response::Error(e))) => match e {
                     ServerError::NotLeader { ref addr, .. } => {
                         last_error = e.to_string();
                         match addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
@@ -499,8 +500,8 @@ impl Client {
                         return Err(ClientError::Refused(other));
                     }
                 },
-                Ok(Attempt::Answer(r)) => return Ok(r),
-                Ok(Attempt::CertificateRefused(detail)) => {
+                Some(Attempt::Answer(r)) => return Ok(r),
+                Some(Attempt::CertificateRefused(detail)) => {
                     return Err(ClientError::CertificateRefused {
                         node: target,
                         detail,
@@ -513,6 +514,44 @@ impl Client {
                 backoff = (backoff * 2).min(o.backoff.1);
             }
         }
+    }
+
+    /// Runs an attempt on `target`. Past the attempt timeout it keeps waiting for as
+    /// long as the node's connection keeps receiving packets (the node is alive, only
+    /// slow: giving up would cost it a new request and maybe a new handshake under the
+    /// very load that made it slow), up to `deadline`; `None` when the node went
+    /// silent for a whole attempt timeout.
+    async fn attempt_while_alive(
+        &self,
+        target: SocketAddr,
+        request: &Request,
+        deadline: Instant,
+    ) -> Option<Attempt> {
+        let patience = self.inner.options.attempt_timeout;
+        let mut attempt = std::pin::pin!(self.attempt(target, request));
+        let mut seen = self.packets_from(target);
+        loop {
+            let wait = patience.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, &mut attempt).await {
+                Ok(a) => return Some(a),
+                Err(_) => {
+                    let now = self.packets_from(target);
+                    if now.is_none() || now <= seen || Instant::now() >= deadline {
+                        return None;
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
+
+    /// Datagrams received on the connection to `addr`, if there is one (and it is not
+    /// being set up right now).
+    fn packets_from(&self, addr: SocketAddr) -> Option<u64> {
+        let conn = self.inner.conn.try_lock().ok()?;
+        conn.as_ref()
+            .filter(|l| l.addr == addr)
+            .map(|l| l.conn.connection.stats().udp_rx.datagrams)
     }
 
     fn next_target(&self) {

@@ -56,9 +56,17 @@ pub struct ServerConfig {
     /// A client session expires after this long without a request.
     #[serde(default = "defaults::session_ttl_secs")]
     pub session_ttl_secs: u64,
-    /// One Raft tick (election timeout: 10-20 ticks).
+    /// One Raft tick.
     #[serde(default = "defaults::tick_ms")]
     pub tick_ms: u64,
+    /// The election timeout, in ticks: a follower that hears nothing from a leader for
+    /// a random time in `[election_ticks, 2 * election_ticks)` campaigns, and a leader
+    /// that hears from no quorum for `election_ticks` steps down.
+    #[serde(default = "defaults::election_ticks")]
+    pub election_ticks: u32,
+    /// Ticks between a leader's heartbeats (below `election_ticks`).
+    #[serde(default = "defaults::heartbeat_ticks")]
+    pub heartbeat_ticks: u32,
     /// Client writes in flight on this node before new ones are refused as busy.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: u64,
@@ -83,6 +91,16 @@ mod defaults {
     }
     pub(super) fn tick_ms() -> u64 {
         10
+    }
+    /// 300-600 ms with 10 ms ticks: measured on a 2-core machine with 1,024 clients
+    /// and a CPU load of 8, 10 ticks (100-200 ms) cost 3 leader changes and 821 failed
+    /// requests in 40 s, 30 ticks none; a killed leader was replaced in 489 ms
+    /// (median of 5) against 198 ms with 10 ticks (README, "Timing").
+    pub(super) fn election_ticks() -> u32 {
+        30
+    }
+    pub(super) fn heartbeat_ticks() -> u32 {
+        3
     }
     pub(super) fn max_in_flight() -> u64 {
         8192
@@ -112,6 +130,8 @@ impl ServerConfig {
             max_value_bytes: defaults::max_value_bytes(),
             session_ttl_secs: defaults::session_ttl_secs(),
             tick_ms: defaults::tick_ms(),
+            election_ticks: defaults::election_ticks(),
+            heartbeat_ticks: defaults::heartbeat_ticks(),
             max_in_flight: defaults::max_in_flight(),
             request_timeout_ms: defaults::request_timeout_ms(),
             snapshot_entries: defaults::snapshot_entries(),
@@ -187,6 +207,15 @@ impl ServerConfig {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{what} must be more than 0")));
             }
+        }
+        if self.election_ticks < 2
+            || self.heartbeat_ticks == 0
+            || self.heartbeat_ticks >= self.election_ticks
+        {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat_ticks is {} and election_ticks is {}; heartbeats must come more often than elections (0 < heartbeat_ticks < election_ticks, election_ticks >= 2)",
+                self.heartbeat_ticks, self.election_ticks
+            )));
         }
         if self.max_key_bytes > 4096 {
             return Err(ConfigError::Invalid(format!(

@@ -239,6 +239,8 @@ impl Server {
         }
         let metrics = Arc::new(ServerMetrics::default());
         let mut raft = Config::new(config.id);
+        raft.election_ticks = c.election_ticks;
+        raft.heartbeat_ticks = c.heartbeat_ticks;
         raft.snapshot_entries = c.snapshot_entries;
         raft.snapshot_keep_entries = (c.snapshot_entries / 4).max(100);
         raft.rng_seed ^= now_ms().wrapping_mul(0x2545_F491_4F6C_DD1D);
@@ -568,6 +570,10 @@ impl Shared {
             Err(ProposeError::TransferInProgress { to }) => Err(self.not_leader(Some(to))),
             // Not applied; this leader is handing over: the client retries elsewhere.
             Err(ProposeError::StateLost) => Err(self.not_leader(None)),
+            // Not appended: back-pressure, the client retries after a backoff.
+            Err(e @ (ProposeError::Busy { .. } | ProposeError::Overloaded { .. })) => {
+                Err(ServerError::Busy(e.to_string()))
+            }
             Err(ProposeError::Indeterminate) => Err(ServerError::Unknown(
                 "a snapshot replaced the log while the write was in flight".into(),
             )),
@@ -591,6 +597,9 @@ impl Shared {
             match self.node.read().await {
                 Ok(_) => {}
                 Err(ReadError::NotLeader(n)) => return Err(self.not_leader(n.leader_hint)),
+                Err(e @ ReadError::Overloaded { .. }) => {
+                    return Err(ServerError::Busy(e.to_string()));
+                }
                 Err(e) => return Err(ServerError::Failed(e.to_string())),
             }
         } else if self.node.metrics().with(|m| m.state_lost) {

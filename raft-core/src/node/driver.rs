@@ -14,6 +14,7 @@ use futures::{FutureExt, StreamExt};
 use raft_proto::{Bytes, EntryPayload, LogId, LogIndex, Message, NodeId, ReadId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ pub(crate) fn spawn(
     tick: Duration,
     env: Environment,
     commands: mpsc::UnboundedReceiver<Command>,
+    queued: Arc<AtomicUsize>,
     metrics: Publisher<Metrics>,
 ) {
     let (events_tx, events) = mpsc::unbounded();
@@ -60,6 +62,7 @@ pub(crate) fn spawn(
         transport: env.transport,
         runtime: env.runtime,
         commands,
+        queued,
         incoming: Some(env.incoming),
         events,
         events_tx,
@@ -85,6 +88,8 @@ pub(crate) struct Driver {
     transport: Arc<dyn super::Transport>,
     runtime: Arc<dyn super::Runtime>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Proposals and reads sent by `Node` handles and not yet taken here.
+    queued: Arc<AtomicUsize>,
     incoming: Option<BoxStream<'static, (NodeId, Message)>>,
     events: mpsc::UnboundedReceiver<Event>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -206,6 +211,9 @@ impl Driver {
     }
 
     fn on_command(&mut self, command: Command) {
+        if matches!(command, Command::Propose(..) | Command::Read(_)) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
         match command {
             Command::Propose(data, reply) => match self.raft.propose(data) {
                 Ok(id) => {

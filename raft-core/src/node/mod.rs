@@ -44,6 +44,7 @@ use futures::stream::BoxStream;
 use raft_proto::{Bytes, LogId, LogIndex, Membership, Message, NodeId, Term};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Everything a node runs on.
@@ -70,6 +71,10 @@ pub struct NodeOptions {
     /// for a node that will be added to an existing cluster). Every founder must be
     /// given the same set.
     pub initial_members: Option<Membership>,
+    /// Proposals and reads waiting for the driver, at most (default 65,536): beyond
+    /// this they are refused at once (`Overloaded`) instead of queueing without bound
+    /// while the driver is behind (a stalled disk, a starved CPU).
+    pub max_queued_commands: usize,
 }
 
 impl NodeOptions {
@@ -78,6 +83,7 @@ impl NodeOptions {
         NodeOptions {
             tick: Duration::from_millis(10),
             initial_members: Some(members),
+            max_queued_commands: 1 << 16,
         }
     }
 
@@ -86,6 +92,7 @@ impl NodeOptions {
         NodeOptions {
             tick: Duration::from_millis(10),
             initial_members: None,
+            max_queued_commands: 1 << 16,
         }
     }
 }
@@ -160,6 +167,9 @@ pub(crate) enum Command {
 pub struct Node {
     id: NodeId,
     commands: mpsc::UnboundedSender<Command>,
+    /// Proposals and reads sent and not yet taken by the driver.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
     metrics: Watch<Metrics>,
 }
 
@@ -194,10 +204,13 @@ impl Node {
         let id = raft.id();
         let (commands_tx, commands) = mpsc::unbounded();
         let (publisher, metrics) = watch::channel(driver::metrics_of(&raft, NodeState::Running));
-        driver::spawn(raft, options.tick, env, commands, publisher);
+        let queued = Arc::new(AtomicUsize::new(0));
+        driver::spawn(raft, options.tick, env, commands, queued.clone(), publisher);
         Ok(Node {
             id,
             commands: commands_tx,
+            queued,
+            max_queued: options.max_queued_commands.max(1),
             metrics,
         })
     }
@@ -210,6 +223,9 @@ impl Node {
     /// Replicates `command`; returns the state machine's response once the command is
     /// committed and applied here.
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, ProposeError> {
+        if let Err(queued) = self.take_queue_slot() {
+            return Err(ProposeError::Overloaded { queued });
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Command::Propose(command, tx));
         rx.await.unwrap_or(Err(ProposeError::Stopped))
@@ -219,9 +235,22 @@ impl Node {
     /// local state machine reflects every write acknowledged before the call, so a read
     /// from it is linearizable. Works on followers (the leader is asked for the index).
     pub async fn read(&self) -> Result<LogIndex, ReadError> {
+        if let Err(queued) = self.take_queue_slot() {
+            return Err(ReadError::Overloaded { queued });
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Command::Read(tx));
         rx.await.unwrap_or(Err(ReadError::Stopped))
+    }
+
+    /// Counts a proposal or read into the queue, or says how full it is.
+    fn take_queue_slot(&self) -> Result<(), usize> {
+        let queued = self.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(queued);
+        }
+        Ok(())
     }
 
     /// Changes the membership; returns once the configuration entry is committed and
