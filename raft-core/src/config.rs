@@ -20,6 +20,8 @@ pub struct Config {
     /// timeout, and voters ignore elections while they hear from a live leader
     /// (dissertation §6.2 and §4.2.3).
     pub check_quorum: bool,
+    /// How a leader confirms that it still leads before serving a linearizable read.
+    pub read_mode: ReadMode,
     /// The most entries one AppendEntries carries.
     pub max_entries_per_append: usize,
     /// The most payload bytes one AppendEntries carries (at least one entry is always
@@ -66,6 +68,7 @@ impl Config {
             heartbeat_ticks: 1,
             pre_vote: true,
             check_quorum: true,
+            read_mode: ReadMode::ReadIndex,
             max_entries_per_append: 1024,
             max_append_bytes: 1 << 20,
             max_inflight_appends: 64,
@@ -104,6 +107,17 @@ impl Config {
         if self.max_inflight_bytes == 0 {
             return Err(ConfigError::Zero("max_inflight_bytes"));
         }
+        if let ReadMode::LeaseBased { clock_drift_ticks } = self.read_mode {
+            if !self.check_quorum {
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
+            }
+            if clock_drift_ticks < 2 || clock_drift_ticks >= self.election_ticks {
+                return Err(ConfigError::LeaseDriftTooLarge {
+                    clock_drift_ticks,
+                    election_ticks: self.election_ticks,
+                });
+            }
+        }
         if self.snapshot_chunk_bytes == 0 {
             return Err(ConfigError::Zero("snapshot_chunk_bytes"));
         }
@@ -135,4 +149,42 @@ pub enum ConfigError {
     /// A limit that must be positive is zero.
     #[error("{0} is 0; it must be at least 1")]
     Zero(&'static str),
+    /// Lease reads are safe only when voters ignore elections while they hear from a
+    /// leader.
+    #[error("read_mode LeaseBased needs check_quorum")]
+    LeaseWithoutCheckQuorum,
+    /// The clock-drift bound leaves no lease, or no room for the ticks' granularity.
+    #[error(
+        "clock_drift_ticks is {clock_drift_ticks} and election_ticks is {election_ticks}; it must be at least 2 (ticks are whole: a lease and a voter's timer each start within a tick) and leave a lease (election_ticks - clock_drift_ticks > 0)"
+    )]
+    LeaseDriftTooLarge {
+        /// The configured bound.
+        clock_drift_ticks: u32,
+        /// The election timeout.
+        election_ticks: u32,
+    },
+}
+
+/// How a leader confirms it still leads before it serves a linearizable read
+/// (dissertation §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// One round of heartbeats to a quorum per batch of reads (§6.4): safe whatever
+    /// the clocks do. The default.
+    ReadIndex,
+    /// The leader serves reads without a round while its lease holds (§6.4.1): for
+    /// `election_ticks - clock_drift_ticks` of its ticks after sending the newest
+    /// heartbeat round a quorum acknowledged. That quorum's voters ignore other
+    /// candidates for `election_ticks` of *their* ticks after receiving it
+    /// (CheckQuorum), so no other leader exists before then, provided no voter's
+    /// clock runs faster than the leader's by more than the bound: with tick rates
+    /// that differ by a factor of at most `r`, choose
+    /// `clock_drift_ticks >= election_ticks * (1 - 1/r) + 2` (the 2 ticks: both the
+    /// lease and a voter's timer start somewhere within a tick). A leadership transfer, or a
+    /// stall the driver could not catch up on ([`Raft::time_skipped`](crate::Raft::time_skipped)),
+    /// ends the lease. Needs `check_quorum`.
+    LeaseBased {
+        /// The margin, in ticks, taken off the election timeout for clock drift.
+        clock_drift_ticks: u32,
+    },
 }

@@ -30,13 +30,19 @@ impl Raft {
         if check_now {
             self.election_elapsed = 0;
         }
+        let lease = matches!(self.config.read_mode, crate::ReadMode::LeaseBased { .. });
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
+        l.ticks += 1;
         l.heartbeat_elapsed += 1;
         if l.heartbeat_elapsed >= heartbeat_ticks {
             l.heartbeat_elapsed = 0;
             l.heartbeat_due = true;
+            if lease {
+                // Every heartbeat opens a round: its acknowledgements renew the lease.
+                l.open_round(election_ticks);
+            }
             for pr in l.progress.values_mut() {
                 pr.on_heartbeat();
             }

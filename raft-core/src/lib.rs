@@ -96,7 +96,7 @@ pub mod testing;
 mod transfer;
 
 pub use action::{Action, Persist};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ReadMode};
 pub use error::{InitError, NotLeader, ProposeError, ReadError, TransferError};
 pub use log::RaftLog;
 pub use membership::{ConfChange, MembershipError};

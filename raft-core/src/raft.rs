@@ -2,7 +2,7 @@
 //! action queue. The handlers for each kind of message live in sibling modules.
 
 use crate::action::{Action, Persist};
-use crate::config::Config;
+use crate::config::{Config, ReadMode};
 use crate::error::{InitError, NotLeader, ProposeError, ReadError};
 use crate::log::RaftLog;
 use crate::progress::Progress;
@@ -86,6 +86,16 @@ pub(crate) struct LeaderState {
     /// Payload bytes of the entries after the commit index (see
     /// [`Config::max_uncommitted_bytes`]).
     pub(crate) uncommitted_bytes: u64,
+    /// Ticks since this node became leader (the lease's clock).
+    pub(crate) ticks: u64,
+    /// With lease reads: when each recent heartbeat round was opened, as
+    /// `(round, ticks)`, oldest first; rounds too old to grant a lease are dropped.
+    pub(crate) round_opened: VecDeque<(u64, u64)>,
+    /// Rounds below this grant no lease (the clock skipped after they were sent).
+    pub(crate) lease_from_round: u64,
+    /// No lease for the rest of this term: a TimeoutNow was sent, and its target's
+    /// election bypasses the voters' lease.
+    pub(crate) lease_void: bool,
 }
 
 /// Role-specific state: follower code cannot reach a leader's progress table.
@@ -180,6 +190,8 @@ pub struct Raft {
     /// While the state machine's state is lost: ticks since this node last asked its
     /// leader for a snapshot.
     pub(crate) snapshot_request_elapsed: u32,
+    /// Ticks since this node started (saturating at the election timeout).
+    pub(crate) ticks_since_start: u32,
     actions: VecDeque<Action>,
 }
 
@@ -268,6 +280,7 @@ impl Raft {
             bytes_since_snapshot: 0,
             incoming: None,
             snapshot_request_elapsed: 0,
+            ticks_since_start: 0,
             actions: VecDeque::new(),
         };
         if state_lost {
@@ -358,6 +371,10 @@ impl Raft {
     /// Advances the logical clock by one tick: election timeouts, heartbeats,
     /// CheckQuorum and transfer deadlines are counted in ticks.
     pub fn tick(&mut self) {
+        self.ticks_since_start = self
+            .ticks_since_start
+            .saturating_add(1)
+            .min(self.config.election_ticks);
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
             self.hand_over_if_state_lost();
@@ -621,10 +638,29 @@ impl Raft {
 
     /// Whether this node has heard from a live leader within the minimum election
     /// timeout (a leader is always in its own lease while CheckQuorum holds it).
+    ///
+    /// With lease reads, a node that started less than an election timeout ago counts
+    /// as having heard from one: before a crash it may have acknowledged the round a
+    /// leader's read lease rests on, and forgot it.
     pub(crate) fn in_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.config.election_ticks
+        if !self.config.check_quorum {
+            return false;
+        }
+        let heard = self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
+        let just_started = matches!(self.config.read_mode, ReadMode::LeaseBased { .. })
+            && self.ticks_since_start < self.config.election_ticks;
+        heard || just_started
+    }
+
+    /// The driver could not deliver every tick (a stall longer than it catches up
+    /// on): what counts ticks as time is void until renewed. A leader's read lease
+    /// then rests only on rounds sent after this call.
+    pub fn time_skipped(&mut self) {
+        if let RoleState::Leader(l) = &mut self.role {
+            l.lease_from_round = l.round + 1;
+            l.round_opened.clear();
+        }
+        self.check_invariants();
     }
 
     /// Whether this node may campaign: it is a voter of its configuration.
@@ -726,6 +762,10 @@ impl Raft {
             transfer: None,
             scratch: Vec::new(),
             uncommitted_bytes,
+            ticks: 0,
+            round_opened: VecDeque::new(),
+            lease_from_round: 0,
+            lease_void: false,
         }));
         self.leader = Some(self.id);
         self.reset_election_timer();

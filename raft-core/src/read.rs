@@ -9,8 +9,9 @@
 //! leader after the read arrived, so the quorum still recognised it as leader then.
 
 use crate::action::Action;
+use crate::config::ReadMode;
 use crate::error::{NotLeader, ReadError};
-use crate::raft::{Raft, RoleState};
+use crate::raft::{LeaderState, Raft, RoleState};
 use raft_proto::{
     LogIndex, Message, NodeId, ReadId, ReadIndexRequest, ReadIndexResponse, ReadIndexResult,
 };
@@ -91,6 +92,8 @@ impl Raft {
         let committed = self.log.committed();
         let in_term = self.log.term(committed) == Some(self.hard_state.term);
         let solo = self.membership.voters.len() == 1 && self.is_voter();
+        let lease = in_term && self.lease_valid();
+        let election_ticks = self.config.election_ticks;
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -98,12 +101,12 @@ impl Raft {
             l.reads.awaiting_commit.push(origin);
             return;
         }
-        if solo {
+        if solo || lease {
             self.read_confirmed(origin, committed);
             return;
         }
         if !l.reads.round_open {
-            l.round += 1;
+            l.open_round(election_ticks);
             l.reads.round_open = true;
             l.heartbeat_due = true;
         }
@@ -131,14 +134,9 @@ impl Raft {
         self.maybe_step_down_removed();
     }
 
-    /// Releases every read whose round a quorum of voters has acknowledged.
-    pub(crate) fn confirm_reads(&mut self) {
-        let RoleState::Leader(l) = &self.role else {
-            return;
-        };
-        if l.reads.awaiting_quorum.is_empty() {
-            return;
-        }
+    /// The highest round a quorum of voters has acknowledged (the leader counts as
+    /// acknowledging every round).
+    fn quorum_round(&self, l: &LeaderState) -> Option<u64> {
         let mut rounds: Vec<u64> = self
             .membership
             .voters
@@ -152,7 +150,48 @@ impl Raft {
             })
             .collect();
         rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&quorum_round) = rounds.get(self.membership.quorum() - 1) else {
+        rounds
+            .get(self.membership.quorum().checked_sub(1)?)
+            .copied()
+    }
+
+    /// Whether the read lease holds now (see [`ReadMode::LeaseBased`]): the newest
+    /// round a quorum acknowledged was opened less than `election_ticks -
+    /// clock_drift_ticks` of this leader's ticks ago, and nothing voided it.
+    pub(crate) fn lease_valid(&self) -> bool {
+        let ReadMode::LeaseBased { clock_drift_ticks } = self.config.read_mode else {
+            return false;
+        };
+        let RoleState::Leader(l) = &self.role else {
+            return false;
+        };
+        if l.lease_void || l.transfer.is_some() {
+            return false;
+        }
+        let Some(quorum_round) = self.quorum_round(l) else {
+            return false;
+        };
+        // The newest recorded round at or below it: messages of that round (and so
+        // the acknowledged ones, of a later round or the same) left at or after it.
+        let opened = l
+            .round_opened
+            .iter()
+            .rev()
+            .find(|&&(r, _)| r <= quorum_round && r >= l.lease_from_round)
+            .map(|&(_, t)| t);
+        let lease = u64::from(self.config.election_ticks.saturating_sub(clock_drift_ticks));
+        opened.is_some_and(|t| l.ticks < t + lease)
+    }
+
+    /// Releases every read whose round a quorum of voters has acknowledged.
+    pub(crate) fn confirm_reads(&mut self) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if l.reads.awaiting_quorum.is_empty() {
+            return;
+        }
+        let Some(quorum_round) = self.quorum_round(l) else {
             return;
         };
         let RoleState::Leader(l) = &mut self.role else {
@@ -228,6 +267,22 @@ impl Raft {
                     }),
                 ),
             }
+        }
+    }
+}
+
+impl LeaderState {
+    /// Opens a new heartbeat round at the current tick, and forgets rounds too old to
+    /// grant a lease.
+    pub(crate) fn open_round(&mut self, election_ticks: u32) {
+        self.round += 1;
+        self.round_opened.push_back((self.round, self.ticks));
+        while self
+            .round_opened
+            .front()
+            .is_some_and(|&(_, t)| t + u64::from(election_ticks) < self.ticks)
+        {
+            self.round_opened.pop_front();
         }
     }
 }

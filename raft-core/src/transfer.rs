@@ -41,6 +41,11 @@ impl Raft {
                 .is_some_and(|pr| pr.match_index == last);
         if caught_up {
             let term = self.hard_state.term;
+            if let RoleState::Leader(l) = &mut self.role {
+                // The target's election bypasses the voters' lease: no lease reads
+                // for the rest of this term.
+                l.lease_void = true;
+            }
             self.send(peer, Message::TimeoutNow(TimeoutNow { term }));
         }
     }

@@ -241,6 +241,11 @@ impl Server {
         let mut raft = Config::new(config.id);
         raft.election_ticks = c.election_ticks;
         raft.heartbeat_ticks = c.heartbeat_ticks;
+        if c.lease_reads {
+            raft.read_mode = raft_core::ReadMode::LeaseBased {
+                clock_drift_ticks: c.lease_clock_drift_ticks,
+            };
+        }
         raft.snapshot_entries = c.snapshot_entries;
         raft.snapshot_keep_entries = (c.snapshot_entries / 4).max(100);
         raft.rng_seed ^= now_ms().wrapping_mul(0x2545_F491_4F6C_DD1D);

@@ -22,4 +22,5 @@ pub mod profile;
 pub mod rng;
 mod sim;
 
+pub use profile::LeaseMode;
 pub use sim::{DEFAULT_LIN_BUDGET, SeedReport, SimOptions, Stats, run_seed};

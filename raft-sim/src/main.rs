@@ -21,6 +21,7 @@ struct Args {
     ops: Option<u64>,
     lin_budget: Option<u64>,
     verbose: bool,
+    lease: raft_sim::LeaseMode,
 }
 
 fn parse() -> Result<Args, String> {
@@ -32,6 +33,7 @@ fn parse() -> Result<Args, String> {
         ops: None,
         lin_budget: None,
         verbose: false,
+        lease: raft_sim::LeaseMode::Drawn,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,8 +56,10 @@ fn parse() -> Result<Args, String> {
             "--ops" => args.ops = Some(value("--ops")?),
             "--lin-budget" => args.lin_budget = Some(value("--lin-budget")?),
             "--verbose" | "-v" => args.verbose = true,
+            "--lease" => args.lease = raft_sim::LeaseMode::Always,
+            "--lease-beyond-bound" => args.lease = raft_sim::LeaseMode::BeyondBound,
             "--help" | "-h" => {
-                return Err("usage: raft-sim --seeds N [--start S] [--nodes K] [--ops M] | --seed X [--verbose]".into());
+                return Err("usage: raft-sim --seeds N [--start S] [--nodes K] [--ops M] [--lease | --lease-beyond-bound] | --seed X [--verbose]".into());
             }
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
@@ -70,6 +74,11 @@ fn replay_command(seed: u64, args: &Args) -> String {
     }
     if let Some(o) = args.ops {
         cmd.push_str(&format!(" --ops {o}"));
+    }
+    match args.lease {
+        raft_sim::LeaseMode::Drawn => {}
+        raft_sim::LeaseMode::Always => cmd.push_str(" --lease"),
+        raft_sim::LeaseMode::BeyondBound => cmd.push_str(" --lease-beyond-bound"),
     }
     cmd
 }
@@ -102,6 +111,7 @@ fn main() -> ExitCode {
             verbose: args.verbose,
             ops: args.ops,
             lin_budget: args.lin_budget,
+            lease: args.lease,
         };
         let report = run_seed(&opts);
         ops += report.stats.ops;

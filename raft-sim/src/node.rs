@@ -244,6 +244,8 @@ pub struct SimNode {
     pub tick_us: u64,
     /// The tick interval without a temporary clock fault.
     pub base_tick_us: u64,
+    /// When the next tick is due (virtual time).
+    pub next_tick_at: u64,
     /// Writes proposed here for clients, by log index.
     pub writes: HashMap<LogIndex, PendingWrite>,
     /// Reads started here for clients.
@@ -279,6 +281,7 @@ impl SimNode {
             paused_until: 0,
             tick_us,
             base_tick_us: tick_us,
+            next_tick_at: 0,
             writes: HashMap::new(),
             reads: HashMap::new(),
             next_read: 0,

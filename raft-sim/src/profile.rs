@@ -73,6 +73,38 @@ pub struct Profile {
     pub pre_vote: bool,
     /// Use CheckQuorum.
     pub check_quorum: bool,
+    /// Serve linearizable reads from a lease (needs CheckQuorum), with this bound.
+    pub lease: Option<Lease>,
+}
+
+/// A lease-read seed: how far clock rates may differ, and the margin that covers it.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// The largest ratio between two nodes' tick lengths the seed's clocks keep to.
+    pub max_rate_ratio: f64,
+    /// The margin configured: `ceil(election_ticks * (1 - 1 / max_rate_ratio)) + 2`.
+    pub clock_drift_ticks: u32,
+    /// Clock faults break the bound (a test that lease reads then go stale).
+    pub beyond_bound: bool,
+}
+
+/// Clock-fault tick-length factors inside the lease bound.
+pub const LEASE_CLOCK_FACTORS: [f64; 2] = [0.9, 1.1];
+/// Clock-fault tick-length factors otherwise.
+pub const CLOCK_FACTORS: [f64; 4] = [0.25, 0.5, 2.0, 4.0];
+/// Clock-fault factors beyond the lease bound, slowing a leader's clock.
+pub const SLOW_CLOCK_FACTORS: [f64; 2] = [4.0, 8.0];
+
+/// Whether a seed uses lease reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseMode {
+    /// As drawn from the seed (about a quarter of the seeds with CheckQuorum).
+    #[default]
+    Drawn,
+    /// Every seed, with CheckQuorum, clocks within the bound.
+    Always,
+    /// Every seed, with CheckQuorum, and clock faults far beyond the bound.
+    BeyondBound,
 }
 
 /// A kind of fault the nemesis can inject.
@@ -139,7 +171,7 @@ impl FaultKind {
 
 impl Profile {
     /// Draws a profile for `seed`; `nodes` overrides the number of servers.
-    pub fn draw(rng: &mut SimRng, nodes: Option<u64>) -> Profile {
+    pub fn draw(rng: &mut SimRng, nodes: Option<u64>, lease_mode: LeaseMode) -> Profile {
         let nodes = nodes.unwrap_or_else(|| rng.pick(&[3, 3, 4, 4, 5, 5, 6, 7]));
         // Some seeds start with every server voting; most keep spares to add later.
         let voters = if rng.chance(0.4) {
@@ -153,7 +185,18 @@ impl Profile {
         let loss = rng.pick(&[0.0, 0.0, 0.01, 0.05, 0.15, 0.3]);
         let duplicate = rng.pick(&[0.0, 0.0, 0.01, 0.05]);
         let delay_us = rng.pick(&[(100, 1_000), (200, 5_000), (1_000, 30 * MS), (100, 80 * MS)]);
-        let skew = rng.pick(&[0.0, 0.05, 0.2, 0.4]);
+        let check_quorum = !rng.chance(0.1);
+        let lease = match lease_mode {
+            LeaseMode::Drawn => check_quorum && rng.chance(0.3),
+            LeaseMode::Always | LeaseMode::BeyondBound => true,
+        };
+        let check_quorum = check_quorum || lease;
+        // Lease seeds keep their clocks within a known band.
+        let skew = if lease {
+            rng.pick(&[0.0, 0.05, 0.1])
+        } else {
+            rng.pick(&[0.0, 0.05, 0.2, 0.4])
+        };
         let mut faults: Vec<FaultKind> = FaultKind::ALL
             .iter()
             .copied()
@@ -161,6 +204,14 @@ impl Profile {
             .collect();
         if faults.is_empty() {
             faults.push(rng.pick(&FaultKind::ALL));
+        }
+        if lease_mode == LeaseMode::BeyondBound {
+            // The faults that make a lease outlive its leadership.
+            faults = vec![
+                FaultKind::ClockSkew,
+                FaultKind::IsolateLeader,
+                FaultKind::Partition,
+            ];
         }
         let disk_us = rng.pick(&[(50, 300), (200, 2_000), (1_000, 20 * MS)]);
         // Raft's timing requirement (§5.6): broadcast time << election timeout. Keep
@@ -202,7 +253,17 @@ impl Profile {
             snapshot_chunks_in_flight: rng.pick(&[1, 2, 4]),
             promote_lag_entries: rng.pick(&[5, 50]),
             pre_vote: !rng.chance(0.1),
-            check_quorum: !rng.chance(0.1),
+            check_quorum,
+            lease: lease.then(|| {
+                let (slow, fast) = (LEASE_CLOCK_FACTORS[1], LEASE_CLOCK_FACTORS[0]);
+                let ratio = ((1.0 + skew) * slow) / ((1.0 - skew) * fast);
+                let margin = (f64::from(election_ticks) * (1.0 - 1.0 / ratio)).ceil() as u32 + 2;
+                Lease {
+                    max_rate_ratio: ratio,
+                    clock_drift_ticks: margin.min(election_ticks - 1),
+                    beyond_bound: lease_mode == LeaseMode::BeyondBound,
+                }
+            }),
         }
         .with_fault_phase()
     }

@@ -8,7 +8,9 @@ use crate::kv::ClientCommand;
 use crate::linearizability::{self, CheckResult, KvOp, KvOutput, Operation, Outcome};
 use crate::net::Network;
 use crate::node::{CrashTrap, PendingRead, PendingWrite, SimNode};
-use crate::profile::{FaultKind, MS, Profile};
+use crate::profile::{
+    CLOCK_FACTORS, FaultKind, LEASE_CLOCK_FACTORS, LeaseMode, MS, Profile, SLOW_CLOCK_FACTORS,
+};
 use crate::rng::SimRng;
 use raft_core::{Action, ConfChange, Config, ProposeError, Raft, ReadError, Restore, Role};
 use raft_proto::{
@@ -31,7 +33,12 @@ pub struct SimOptions {
     pub ops: Option<u64>,
     /// Search steps per key for the linearizability check; a default when `None`.
     pub lin_budget: Option<u64>,
+    /// Lease reads: as the seed draws, always, or always and beyond the clock bound.
+    pub lease: LeaseMode,
 }
+
+/// Overdue ticks delivered at once after a pause (as the Node driver does).
+const MAX_CATCH_UP_TICKS: u32 = 100;
 
 /// After healing, a leader every node follows must appear within this many (minimum)
 /// election timeouts.
@@ -237,7 +244,7 @@ struct World {
 /// Runs one seed and reports what happened.
 pub fn run_seed(opts: &SimOptions) -> SeedReport {
     let mut rng = SimRng::new(opts.seed);
-    let mut profile = Profile::draw(&mut rng, opts.nodes);
+    let mut profile = Profile::draw(&mut rng, opts.nodes, opts.lease);
     if let Some(ops) = opts.ops {
         profile.ops = ops;
     }
@@ -467,11 +474,24 @@ impl World {
                 if self.nodes[node].incarnation != inc || self.nodes[node].raft.is_none() {
                     return Ok(());
                 }
-                if let Some(raft) = &mut self.nodes[node].raft {
-                    raft.tick();
+                // As the Node driver: every tick due is delivered (after a pause, up
+                // to MAX_CATCH_UP_TICKS at once; the rest dropped and the core told).
+                let now = self.now;
+                let n = &mut self.nodes[node];
+                if let Some(raft) = &mut n.raft {
+                    let mut ticks = 0;
+                    while n.next_tick_at <= now && ticks < MAX_CATCH_UP_TICKS {
+                        raft.tick();
+                        n.next_tick_at += n.tick_us;
+                        ticks += 1;
+                    }
+                    if n.next_tick_at <= now {
+                        n.next_tick_at = now + n.tick_us;
+                        raft.time_skipped();
+                    }
                 }
-                let tick_us = self.nodes[node].tick_us;
-                self.schedule(tick_us, Event::Tick { node, inc });
+                let next = n.next_tick_at - now;
+                self.schedule(next, Event::Tick { node, inc });
                 self.drive(node)?;
                 self.check_node(node)
             }
@@ -561,6 +581,11 @@ impl World {
         c.heartbeat_ticks = self.profile.heartbeat_ticks;
         c.pre_vote = self.profile.pre_vote;
         c.check_quorum = self.profile.check_quorum;
+        if let Some(lease) = &self.profile.lease {
+            c.read_mode = raft_core::ReadMode::LeaseBased {
+                clock_drift_ticks: lease.clock_drift_ticks,
+            };
+        }
         c.max_entries_per_append = self.profile.max_entries_per_append;
         c.max_inflight_appends = self.profile.max_inflight_appends;
         c.snapshot_entries = self.profile.snapshot_entries;
@@ -624,6 +649,7 @@ impl World {
         n.raft = Some(raft);
         let inc = n.incarnation;
         let first_tick = self.rng.range(1, self.nodes[node].tick_us);
+        self.nodes[node].next_tick_at = self.now + first_tick;
         self.schedule(first_tick, Event::Tick { node, inc });
         self.drive(node)?;
         self.check_node(node)
@@ -1458,12 +1484,31 @@ impl World {
                 }
             }
             FaultKind::ClockSkew => {
-                let node = self.rng.range(0, n as u64) as usize;
-                let factor = self.rng.pick(&[0.25, 0.5, 2.0, 4.0]);
+                let beyond = self.profile.lease.as_ref().is_some_and(|l| l.beyond_bound);
+                let mut node = self.rng.range(0, n as u64) as usize;
+                let factors: &[f64] = match &self.profile.lease {
+                    // Beyond the bound, the harmful direction: a leader whose clock
+                    // runs slow keeps its lease after its voters stopped honouring it.
+                    Some(_) if beyond => {
+                        if let Some(l) = self.current_leader() {
+                            node = l;
+                        }
+                        &SLOW_CLOCK_FACTORS
+                    }
+                    Some(_) => &LEASE_CLOCK_FACTORS,
+                    None => &CLOCK_FACTORS,
+                };
+                let factor = self.rng.pick(factors);
                 let base = self.nodes[node].base_tick_us;
                 self.nodes[node].tick_us = ((base as f64) * factor).max(1.0) as u64;
                 self.log(|| format!("clock of node {node} runs at {factor}x tick length"));
                 self.schedule(duration, Event::Undo(Undo::Clock { node }));
+                if beyond {
+                    // ...and cut off from the others, who elect a new leader while its
+                    // clock says its lease still holds.
+                    let others: Vec<usize> = (0..n).filter(|&o| o != node).collect();
+                    self.cut_groups(vec![node], others, duration, true);
+                }
             }
         }
         let (mean, jitter) = (

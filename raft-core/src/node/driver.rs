@@ -4,6 +4,7 @@ use super::apply::{self, Job, Waiter};
 use super::watch::Publisher;
 use super::{ChangeReply, Command, Environment, Metrics, NodeState, ProposeReply};
 use crate::action::Action;
+use crate::config::ReadMode;
 use crate::error::{NotLeader, ProposeError, ReadError};
 use crate::membership::MembershipError;
 use crate::raft::{Raft, Role};
@@ -38,6 +39,9 @@ pub(crate) enum Event {
 
 /// Inputs taken per source per wake-up, so no source starves the others.
 const BATCH: usize = 4096;
+
+/// Overdue ticks delivered at once after a stall; the rest are dropped.
+const MAX_CATCH_UP_TICKS: u32 = 100;
 
 pub(crate) fn spawn(
     raft: Raft,
@@ -126,8 +130,19 @@ impl Driver {
     }
 
     /// Takes every input that is ready; pending only if none is.
+    ///
+    /// The order matters after a stall (a long write, a starved CPU). By default the
+    /// messages that queued up meanwhile are taken before the overdue ticks, so a
+    /// follower reads its leader's heartbeats before its election timer fires, and a
+    /// leader its followers' answers before CheckQuorum. With lease reads the clock is
+    /// caught up first instead: a read must never be checked against a lease measured
+    /// on a clock that is behind.
     fn poll_inputs(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let lease = matches!(self.raft.config().read_mode, ReadMode::LeaseBased { .. });
         let mut ready = false;
+        if lease {
+            ready |= self.poll_timer(cx);
+        }
         for _ in 0..BATCH {
             match self.events.poll_next_unpin(cx) {
                 Poll::Ready(Some(event)) => {
@@ -168,31 +183,40 @@ impl Driver {
                 Poll::Pending => break,
             }
         }
-        let timer = self.timer.get_or_insert_with(|| {
-            let now = self.runtime.now();
-            self.runtime
-                .sleep(self.next_tick.saturating_duration_since(now))
-        });
-        if timer.poll_unpin(cx).is_ready() {
-            self.timer = None;
-            let now = self.runtime.now();
-            // Catch up on missed ticks after a long write, but bound the burst.
-            let mut ticks = 0;
-            while self.next_tick <= now && ticks < 100 {
-                self.raft.tick();
-                self.next_tick += self.tick;
-                ticks += 1;
-            }
-            if self.next_tick <= now {
-                self.next_tick = now + self.tick;
-            }
-            ready = true;
+        if !lease {
+            ready |= self.poll_timer(cx);
         }
         if ready {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Delivers the ticks that are due: after a stall, up to `MAX_CATCH_UP_TICKS` at
+    /// once; beyond that the rest are dropped and the core told (its lease is void).
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = self.timer.get_or_insert_with(|| {
+            let now = self.runtime.now();
+            self.runtime
+                .sleep(self.next_tick.saturating_duration_since(now))
+        });
+        if timer.poll_unpin(cx).is_pending() {
+            return false;
+        }
+        self.timer = None;
+        let now = self.runtime.now();
+        let mut ticks = 0;
+        while self.next_tick <= now && ticks < MAX_CATCH_UP_TICKS {
+            self.raft.tick();
+            self.next_tick += self.tick;
+            ticks += 1;
+        }
+        if self.next_tick <= now {
+            self.next_tick = now + self.tick;
+            self.raft.time_skipped();
+        }
+        true
     }
 
     fn on_event(&mut self, event: Event) {
