@@ -1,9 +1,15 @@
 //! Write latency while a copy-on-write snapshot streams, versus without one.
 //!
 //! One measured operation is one [`StateMachine::apply`] of a single entry
-//! `put <key> <value>` overwriting a random existing key: one write transaction and one
-//! durable commit. Between two applies the bench sleeps (1 ms by default), so the
-//! measurement spans the snapshot rather than racing it.
+//! `put <key> <value>` overwriting a random existing key: one write transaction,
+//! committed as the default `SmConfig` commits it ([`ApplyDurability::Deferred`]: no
+//! flush per apply, as the server runs; the log is what is durable). With
+//! `SNAPSHOT_BENCH_SYNCED=1` each apply is a durable commit
+//! ([`ApplyDurability::Synced`]). Between two applies the bench sleeps (1 ms by
+//! default), so the measurement spans the snapshot rather than racing it.
+//!
+//! [`ApplyDurability::Deferred`]: raft_storage_lmdb::ApplyDurability::Deferred
+//! [`ApplyDurability::Synced`]: raft_storage_lmdb::ApplyDurability::Synced
 //!
 //! Procedure, in a temporary directory on the real disk (`$TMPDIR`, which must not be a
 //! tmpfs):
@@ -36,7 +42,7 @@ use common::{Kv, entry, key, put_command};
 use futures::executor::block_on;
 use raft_core::node::StateMachine;
 use raft_proto::{Entry, LogId, Membership, NodeId, SnapshotMeta};
-use raft_storage_lmdb::{LmdbStateMachine, SmConfig};
+use raft_storage_lmdb::{ApplyDurability, LmdbStateMachine, SmConfig};
 use std::fmt::Write as _;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -248,6 +254,10 @@ fn main() {
         config.snapshot_sync_bytes = u64::MAX;
         config.snapshot_write_rate = None;
     }
+    if std::env::var_os("SNAPSHOT_BENCH_SYNCED").is_some() {
+        config.apply_durability = ApplyDurability::Synced;
+    }
+    let durability = config.apply_durability;
     let sm = LmdbStateMachine::open(dir.path(), Kv, config).expect("open the state machine");
     let mut bench = Bench {
         sm,
@@ -259,7 +269,7 @@ fn main() {
         rng: 0x2545_f491_4f6c_dd1d,
     };
     println!(
-        "snapshot_latency: {keys} keys x {value} B, {applies} applies per phase, {} us between applies, in {}",
+        "snapshot_latency: {keys} keys x {value} B, {applies} applies per phase, {} us between applies, applies {durability:?}, in {}",
         sleep.as_micros(),
         dir.path().display()
     );

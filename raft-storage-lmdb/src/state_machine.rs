@@ -623,7 +623,9 @@ fn write_snapshot(
     durable::sync_dir(shared.snapshots.path())?;
     shared.snapshots.write_meta(meta, size, crc)?;
     // Once this snapshot counts as built, the log is compacted behind it: every apply
-    // up to it must be on disk first (applies may defer their meta page).
+    // up to it must be on disk first (applies may defer their meta page). The pages
+    // go first, in slices, so that the flush itself has little left to do.
+    write_back_env(cur.env.path());
     cur.env.force_sync()?;
     shared.snapshots.prune(shared.config.keep_snapshots)
 }
@@ -715,6 +717,43 @@ fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 fn start_writeback(file: &File, _offset: u64, _len: u64) -> std::io::Result<()> {
     file.sync_data()
 }
+
+/// Writes an environment's dirty pages back to the disk in 8 MiB slices, each waited
+/// for, before the environment's flush. Without it, that one flush (tens of MiB of
+/// pages copied while a snapshot held its read transaction) held the file system's
+/// journal long enough to stall concurrent applies for 20-40 ms. Only a head start:
+/// failures are left to the flush that follows, which reports them.
+#[cfg(target_os = "linux")]
+fn write_back_env(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    const SLICE: i64 = 8 << 20;
+    let Ok(file) = File::open(dir.join("data.mdb")) else {
+        return;
+    };
+    let Ok(len) = file
+        .metadata()
+        .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX))
+    else {
+        return;
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let mut offset = 0;
+    while offset < len {
+        // SAFETY: the descriptor is open for as long as `file` lives, and
+        // sync_file_range reads no memory of ours.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, SLICE, flags) };
+        if r != 0 {
+            return;
+        }
+        offset += SLICE;
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_back_env(_dir: &Path) {}
 
 /// Builds the state of snapshot `meta` (its file's bytes, verified) in a new state
 /// directory, on disk; returns it and its name (not switched to yet).
