@@ -76,6 +76,7 @@ RESULTS=$OUT/results.jsonl
     echo "fsync: dd bs=4k count=2000 oflag=dsync took ${secs} s = $(python3 -c "print(f'{$secs/2000*1000:.3f}')") ms per synced write"
     echo "raft-server: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'), release build"
     command -v etcd >/dev/null && echo "etcd: $(etcd --version 2>/dev/null | head -1)"
+    echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt"
 
 # ---------------------------------------------------------------- the matrix
@@ -92,6 +93,13 @@ ROWS=(
     "put, 256 clients, 1 KiB values|--workload put --clients 256 --total $((50000 / S)) --warmup-ops 4000 --val-size 1024"
     "put, 256 clients, 2 CPU hogs|--workload put --clients 256 --total $((50000 / S)) --warmup-ops 4000 --val-size 128"
 )
+# Run after the matrix, raft-server restarted with `lease_reads = true`. etcd has no
+# lease-read option (its server always uses ReadIndex), so its column in this row is
+# its linearizable get again.
+LEASE_ROWS=(
+    "lease get, 64 clients|--workload get --clients 64 --total $((100000 / S)) --warmup-ops 2000 --val-size 128"
+)
+MATRIX_ROWS=("${ROWS[@]}")
 
 # Waits (at most 30 s) until the machine is quiet: under 20% of one core busy over 1 s.
 wait_quiet() {
@@ -153,16 +161,21 @@ if [[ " $SYSTEMS " == *" raft "* ]]; then
         for p in "${raft_pids[@]}"; do wait "$p" 2>/dev/null || true; done
     }
     trap stop_raft EXIT
-    for id in 1 2 3; do
-        "$RAFT" run --config "$DIR/node$id.toml" >"$DIR/node$id.log" 2>&1 &
-        raft_pids+=($!)
-        echo $! >> "$DIR/cluster.pids"
-    done
-    for _ in $(seq 1 100); do
-        "$RAFT" cluster --client-config "$DIR/client.toml" status 2>/dev/null | grep -q ' Leader ' && break
-        sleep 0.2
-    done
-    "$RAFT" cluster --client-config "$DIR/client.toml" status
+    start_raft() {
+        raft_pids=()
+        : > "$DIR/cluster.pids"
+        for id in 1 2 3; do
+            "$RAFT" run --config "$DIR/node$id.toml" >>"$DIR/node$id.log" 2>&1 &
+            raft_pids+=($!)
+            echo $! >> "$DIR/cluster.pids"
+        done
+        for _ in $(seq 1 100); do
+            "$RAFT" cluster --client-config "$DIR/client.toml" status 2>/dev/null | grep -q ' Leader ' && break
+            sleep 0.2
+        done
+        "$RAFT" cluster --client-config "$DIR/client.toml" status
+    }
+    start_raft
     R=(--client-config "$DIR/client.toml")
     echo "--- raft: populate 100,000 keys"
     "$RAFT" bench "${R[@]}" --workload populate --clients 64 --key-size 16 --key-space 100000 \
@@ -171,13 +184,30 @@ if [[ " $SYSTEMS " == *" raft "* ]]; then
         local sum=0 v
         for i in 0 1 2; do
             v=$(curl -s --max-time 2 "127.0.0.1:$((RAFT_METRICS_PORT + i))/metrics" | awk '/^raft_leader_changes_total/ {print $2}')
-            sum=$((sum + ${v%.*}))
+            v=${v%.*}
+            sum=$((sum + ${v:-0}))
         done
         echo "$sum"
     }
     changes_before=$(leader_changes)
+    ROWS=("${MATRIX_ROWS[@]}")
     run_rows raft "$RAFT" "bench ${R[*]}" "$DIR/cluster.pids"
     echo "raft-server: leader changes seen by the nodes during the whole matrix: $(($(leader_changes) - changes_before))" | tee "$OUT/raft-leader-changes.txt"
+    stop_raft
+    log "raft-server: the same cluster restarted with lease_reads = true"
+    for id in 1 2 3; do
+        f=$DIR/node$id.toml
+        if grep -q '^lease_reads' "$f"; then
+            sed -i 's/^lease_reads = .*/lease_reads = true/' "$f"
+        else
+            echo "lease_reads = true" >> "$f"
+        fi
+    done
+    start_raft
+    changes_before=$(leader_changes)
+    ROWS=("${LEASE_ROWS[@]}")
+    run_rows raft "$RAFT" "bench ${R[*]}" "$DIR/cluster.pids"
+    echo "raft-server: leader changes during the lease rows: $(($(leader_changes) - changes_before))" | tee -a "$OUT/raft-leader-changes.txt"
     stop_raft
     trap - EXIT
 fi
@@ -193,12 +223,14 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     echo "--- etcd: populate 100,000 keys"
     "$ETCD_BENCH" --endpoints "$EP" --workload populate --clients 64 --key-size 16 --key-space 100000 \
         --time-limit 300 --pid-file "$ETCD_ANCHOR_DIR/cluster.pids" | grep -v '^RESULT_JSON'
+    ROWS=("${MATRIX_ROWS[@]}" "${LEASE_ROWS[@]}")
     run_rows etcd "$ETCD_BENCH" "--endpoints $EP" "$ETCD_ANCHOR_DIR/cluster.pids"
     "$ETCD_TOOLS/etcd-cluster/stop-cluster.sh" >/dev/null
     trap - EXIT
 fi
 
 # ---------------------------------------------------------------- the table
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
 log "results in $OUT"
 python3 - "$RESULTS" "$OUT/table.md" <<'PY'
 import json, sys
