@@ -2,6 +2,7 @@
 
 use crate::error::ReadError;
 use raft_proto::{Bytes, Entry, HardState, LogId, LogIndex, Message, NodeId, ReadId, SnapshotMeta};
+use std::collections::VecDeque;
 
 /// One thing the driver must carry out, in the order [`Raft::poll_action`]
 /// (crate::Raft::poll_action) returns them.
@@ -27,6 +28,12 @@ use raft_proto::{Bytes, Entry, HardState, LogId, LogIndex, Message, NodeId, Read
 ///
 /// A driver may overlap work as long as it keeps these dependencies: everything up to
 /// the first `Persist` can go at once, and the `Send`s after a `Persist` wait for it.
+/// It may also keep feeding inputs while a write is in flight (queueing the actions
+/// they produce behind it; [`Action::enqueue`] merges the writes among them), and
+/// send a leader's appends and heartbeats ([`Message::AppendEntries`]) ahead of the
+/// actions that wait, as long as no `Persist` with a `hard_state` is in flight or
+/// waiting: they depend on nothing else queued (the leader counts itself only after
+/// `persisted`), so a slow disk does not silence the leader.
 ///
 /// Writes queued between two polls are merged where that is safe: consecutive ones,
 /// and ones separated only by the answers that depend on the first (a follower that
@@ -111,6 +118,44 @@ pub enum Action {
         /// The log did not hold the snapshot's last entry: drop every stored entry.
         discard_log: bool,
     },
+}
+
+impl Action {
+    /// Appends `action` to `queue`, a queue carried out in order (the core's own, or a
+    /// driver's actions waiting behind a write in flight).
+    ///
+    /// A [`Action::Persist`] merges with the last queued `Persist` when nothing but
+    /// answers (append and vote responses) follows that one, so writes with nothing
+    /// between them cost one sync, and a follower that received several appends
+    /// meanwhile writes them all with one sync: the answers queued in between then wait
+    /// for the merged write, which only delays them (an answer sent later than it could
+    /// be is still true). A write that truncates merges only with a `Persist` at the
+    /// very tail: an answer must never go out after the entries it acknowledges were
+    /// replaced.
+    pub fn enqueue(queue: &mut VecDeque<Action>, action: Action) {
+        let Action::Persist(persist) = action else {
+            queue.push_back(action);
+            return;
+        };
+        let mut target = None;
+        for (i, queued) in queue.iter().enumerate().rev() {
+            match queued {
+                Action::Persist(_) => {
+                    target = Some(i);
+                    break;
+                }
+                Action::Send {
+                    message: Message::AppendResponse(_) | Message::VoteResponse(_),
+                    ..
+                } if persist.truncate_from.is_none() => {}
+                _ => break,
+            }
+        }
+        match target.and_then(|i| queue.get_mut(i)) {
+            Some(Action::Persist(last)) => last.merge(persist),
+            _ => queue.push_back(Action::Persist(persist)),
+        }
+    }
 }
 
 /// One durable write: the hard state and log changes that must land together.

@@ -511,33 +511,10 @@ impl Raft {
         self.actions.push_back(action);
     }
 
-    /// Queues a durable write. It merges with the last queued `Persist` when nothing
-    /// but answers (append and vote responses) follows that one, so writes with nothing
-    /// between them cost one sync, and a follower that received several appends since
-    /// the driver last polled writes them all with one sync: the answers queued in
-    /// between then wait for the merged write, which only delays them (an answer sent
-    /// later than it could be is still true). A write that truncates merges only with a
-    /// `Persist` at the very tail: an answer must never go out after the entries it
-    /// acknowledges were replaced.
+    /// Queues a durable write, merged with an earlier one where
+    /// [`Action::enqueue`] allows.
     pub(crate) fn push_persist(&mut self, persist: Persist) {
-        let mut target = None;
-        for (i, action) in self.actions.iter().enumerate().rev() {
-            match action {
-                Action::Persist(_) => {
-                    target = Some(i);
-                    break;
-                }
-                Action::Send {
-                    message: Message::AppendResponse(_) | Message::VoteResponse(_),
-                    ..
-                } if persist.truncate_from.is_none() => {}
-                _ => break,
-            }
-        }
-        match target.and_then(|i| self.actions.get_mut(i)) {
-            Some(Action::Persist(last)) => last.merge(persist),
-            _ => self.actions.push_back(Action::Persist(persist)),
-        }
+        Action::enqueue(&mut self.actions, Action::Persist(persist));
     }
 
     pub(crate) fn persist_hard_state(&mut self) {
@@ -724,7 +701,7 @@ impl Raft {
             voted_for: Some(self.id),
         };
         self.persist_hard_state();
-        tracing::debug!(node = %self.id, term = %self.hard_state.term, "became candidate");
+        tracing::info!(node = %self.id, term = %self.hard_state.term, "became candidate");
         self.role = RoleState::Candidate(Votes::default());
         self.leader = None;
         self.reset_election_timer();

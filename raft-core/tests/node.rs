@@ -562,3 +562,73 @@ async fn a_stalled_node_refuses_commands_beyond_its_queue_then_takes_them_again(
     node.read().await.unwrap();
     node.shutdown().await;
 }
+
+/// Issue 15 (§5.2, leader churn under load): a leader whose own log write stalls for
+/// many election timeouts keeps its followers. Its heartbeats and appends go out while
+/// the write is in flight (§10.2.1: the leader writes its log in parallel with
+/// replication), so nobody starts an election; the stalled proposal completes once
+/// the disk comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_stalls_keeps_heartbeating_and_its_followers() {
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime::current().unwrap());
+    let router = Router::new();
+    let members = Membership::voters((1..=3).map(NodeId));
+    let mut nodes = BTreeMap::new();
+    let mut disks = BTreeMap::new();
+    for id in (1..=3).map(NodeId) {
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (transport, incoming) = router.register(id);
+        let mut options = NodeOptions::new(members.clone());
+        options.tick = Duration::from_millis(5);
+        let mut config = Config::new(id);
+        config.rng_seed = id.0 * 7919;
+        let env = Environment {
+            log: Arc::new(HeldLog {
+                inner: MemLogStore::new(),
+                open: open.clone(),
+            }),
+            state_machine: Arc::new(MemStateMachine::new(id.0)),
+            transport,
+            incoming,
+            runtime: rt.clone(),
+        };
+        nodes.insert(id, Node::start(config, options, env).await.unwrap());
+        disks.insert(id, open);
+    }
+    let leader = within(&rt, "a leader", nodes[&NodeId(1)].leader())
+        .await
+        .unwrap();
+    nodes[&leader]
+        .propose(kv_command("put", "a", "1"))
+        .await
+        .unwrap();
+    let term = nodes[&leader].metrics().get().term;
+    // The leader's disk holds its next write for 1 s: 10-20 election timeouts.
+    disks[&leader].store(false, std::sync::atomic::Ordering::SeqCst);
+    let stalled = tokio::spawn({
+        let node = nodes[&leader].clone();
+        async move { node.propose(kv_command("put", "b", "2")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (id, node) in &nodes {
+        let m = node.metrics().get();
+        assert_eq!(
+            (m.term, m.leader),
+            (term, Some(leader)),
+            "node {id} kept the leader while its disk stalled: {m:?}"
+        );
+    }
+    disks[&leader].store(true, std::sync::atomic::Ordering::SeqCst);
+    within(&rt, "the stalled proposal", stalled)
+        .await
+        .unwrap()
+        .unwrap();
+    nodes[&leader]
+        .propose(kv_command("put", "c", "3"))
+        .await
+        .unwrap();
+    assert_eq!(nodes[&leader].metrics().get().term, term);
+    for node in nodes.values() {
+        node.shutdown().await;
+    }
+}

@@ -700,6 +700,7 @@ impl World {
             let Some(raft) = node.raft.as_mut() else {
                 return Ok(());
             };
+            let mut ahead = Vec::new();
             while let Some(action) = raft.poll_action() {
                 // The mirrors follow the core's log as the actions leave it.
                 match &action {
@@ -715,8 +716,31 @@ impl World {
                     }
                     _ => {}
                 }
-                node.queue.push_back(action);
+                // As the shipped driver does: a leader's appends and heartbeats go
+                // ahead of actions waiting behind a write, unless a new term or vote
+                // is being written (see `Action`'s ordering contract).
+                let blocked = node.disk.in_flight.is_some() || !node.queue.is_empty();
+                let hard_state_pending = node
+                    .disk
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|p| p.hard_state.is_some())
+                    || node
+                        .queue
+                        .iter()
+                        .any(|a| matches!(a, Action::Persist(p) if p.hard_state.is_some()));
+                match action {
+                    Action::Send {
+                        to,
+                        message: message @ Message::AppendEntries(_),
+                    } if blocked && !hard_state_pending => ahead.push((to, message)),
+                    action => Action::enqueue(&mut node.queue, action),
+                }
             }
+            for (to, message) in ahead {
+                self.send(i, to, message);
+            }
+            let node = &mut self.nodes[i];
             if node.disk.in_flight.is_some() {
                 return Ok(());
             }

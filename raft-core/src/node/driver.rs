@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use raft_proto::{Bytes, EntryPayload, LogId, LogIndex, Message, NodeId, ReadId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -81,6 +81,9 @@ pub(crate) fn spawn(
         metrics,
         shutdown: None,
         fatal: None,
+        blocked: None,
+        blocked_on_hard_state: false,
+        waiting: VecDeque::new(),
     };
     runtime.spawn(driver.run().boxed());
 }
@@ -110,21 +113,48 @@ pub(crate) struct Driver {
     metrics: Publisher<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     fatal: Option<String>,
+    /// The storage step in flight (a log write, a purge, a snapshot install): the
+    /// actions in `waiting` are carried out after it.
+    blocked: Option<Pending>,
+    /// The step in flight writes a new term or vote.
+    blocked_on_hard_state: bool,
+    /// Actions taken from the core while a storage step is in flight, in order.
+    waiting: VecDeque<Action>,
+}
+
+/// A storage step the driver waits for before it carries out later actions.
+type Pending = BoxFuture<'static, Result<Done, super::StorageError>>;
+
+/// What a finished storage step tells the driver.
+enum Done {
+    /// A log write finished; the last entry it held, if any.
+    Written(Option<LogId>),
+    /// The log was purged behind a snapshot.
+    Purged,
+    /// A snapshot was installed and the log fixed behind it, up to this index.
+    Installed(LogIndex),
 }
 
 impl Driver {
     async fn run(mut self) {
         loop {
-            if let Err(e) = self.carry_out().await {
-                tracing::error!(node = %self.raft.id(), error = %e, "storage failed; stopping the node");
-                self.fatal = Some(e.to_string());
-            }
+            self.carry_out();
             if self.fatal.is_some() || self.shutdown.is_some() {
                 break;
             }
             self.metrics
                 .publish(metrics_of(&self.raft, NodeState::Running));
             futures::future::poll_fn(|cx| self.poll_inputs(cx)).await;
+        }
+        // A clean stop carries out what is queued first, as a node without a driver
+        // task would have: writes finish, answers go out.
+        while self.fatal.is_none() {
+            let Some(step) = self.blocked.take() else {
+                break;
+            };
+            let done = step.await;
+            self.finished(done);
+            self.carry_out();
         }
         self.stop().await;
     }
@@ -140,6 +170,13 @@ impl Driver {
     fn poll_inputs(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let lease = matches!(self.raft.config().read_mode, ReadMode::LeaseBased { .. });
         let mut ready = false;
+        if let Some(step) = &mut self.blocked
+            && let Poll::Ready(done) = step.poll_unpin(cx)
+        {
+            self.blocked = None;
+            self.finished(done);
+            ready = true;
+        }
         if lease {
             ready |= self.poll_timer(cx);
         }
@@ -168,7 +205,11 @@ impl Driver {
                 }
             }
         }
-        for _ in 0..BATCH {
+        // Commands wait while a storage step is in flight: they queue in the channel
+        // (bounded by `max_queued_commands`, beyond which callers are refused) and go
+        // into the next write together. Messages and ticks are still taken.
+        let commands = if self.blocked.is_none() { BATCH } else { 0 };
+        for _ in 0..commands {
             match self.commands.poll_next_unpin(cx) {
                 Poll::Ready(Some(command)) => {
                     ready = true;
@@ -277,108 +318,176 @@ impl Driver {
         }
     }
 
-    /// Carries out the core's actions in order. Log writes are awaited here: a leader's
-    /// appends are queued before its own write, so they are on the wire meanwhile.
-    async fn carry_out(&mut self) -> Result<(), super::StorageError> {
-        while let Some(action) = self.raft.poll_action() {
-            match action {
-                Action::Send { to, message } => {
-                    if matches!(
-                        message,
-                        Message::InstallSnapshot(_) | Message::InstallSnapshotResponse(_)
-                    ) {
-                        self.transport.send_snapshot(to, message);
-                    } else {
-                        self.transport.send(to, message);
-                    }
-                }
-                Action::Persist(batch) => {
-                    self.env_log.write(&batch).await?;
-                    if let Some(last) = batch.entries.last() {
-                        self.raft.persisted(last.log_id);
-                    }
-                }
-                Action::Apply(entries) => {
-                    let waiters = self.waiters_for(&entries);
-                    self.hand_to_apply(Job::Apply { entries, waiters });
-                }
-                Action::ReadReady { id, index } => {
-                    if let Some(reply) = self.reads.remove(&id) {
-                        let _ = reply.send(Ok(index));
-                    }
-                }
-                Action::ReadFailed { id, error } => {
-                    if let Some(reply) = self.reads.remove(&id) {
-                        let _ = reply.send(Err(error));
-                    }
-                }
-                Action::BuildSnapshot { meta } => self.hand_to_apply(Job::BuildSnapshot(meta)),
-                Action::PurgeLog { up_to, base } => self.env_log.purge(up_to, &base).await?,
-                Action::ReadSnapshotChunk {
-                    to,
-                    meta,
-                    offset,
-                    len,
-                } => {
-                    let (sm, events) = (self.state_machine.clone(), self.events_tx.clone());
-                    self.runtime.spawn(
-                        async move {
-                            let event = match sm.read_snapshot(meta.id, offset, len).await {
-                                Ok(Some((data, last))) => Event::ChunkRead {
-                                    to,
-                                    id: meta.id,
-                                    offset,
-                                    data: Some(data),
-                                    last,
-                                },
-                                Ok(None) => Event::ChunkRead {
-                                    to,
-                                    id: meta.id,
-                                    offset,
-                                    data: None,
-                                    last: false,
-                                },
-                                Err(e) => Event::Fatal(e.to_string()),
-                            };
-                            let _ = events.unbounded_send(event);
-                        }
-                        .boxed(),
-                    );
-                }
-                Action::WriteSnapshotChunk { meta, offset, data } => {
-                    self.hand_to_apply(Job::Receive { meta, offset, data })
-                }
-                Action::InstallSnapshot { meta, discard_log } => {
-                    // In order and durable before anything after it: wait for the apply
-                    // task to install, then fix the log.
-                    let (done, installed) = oneshot::channel();
-                    let last = meta.last_log_id;
-                    self.hand_to_apply(Job::Install {
-                        meta: meta.clone(),
-                        done,
-                    });
-                    match installed.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            return Err(super::StorageError::new("install a snapshot", e));
-                        }
-                        Err(_) => {
-                            return Err(super::StorageError::new(
-                                "install a snapshot",
-                                "the apply task stopped",
-                            ));
-                        }
-                    }
-                    if discard_log {
-                        self.env_log.reset(&meta).await?;
-                    } else {
-                        self.env_log.purge(last, &meta).await?;
-                    }
-                    self.drop_covered_waiters(last.index);
-                }
+    /// Carries out the core's actions in order, without waiting: a storage step (log
+    /// write, purge, snapshot install) is started and the actions after it wait in
+    /// `waiting` until it finishes, while the driver goes on taking inputs. A leader's
+    /// appends and heartbeats go ahead of the waiting actions when the contract allows
+    /// (see [`Action`]), so a slow disk does not silence the leader and cost it its
+    /// followers.
+    fn carry_out(&mut self) {
+        loop {
+            if self.fatal.is_some() {
+                // Nothing more: an answer queued behind a failed write must not go out.
+                return;
+            }
+            while self.blocked.is_none() && self.fatal.is_none() {
+                let Some(action) = self.waiting.pop_front() else {
+                    break;
+                };
+                self.execute(action);
+            }
+            let Some(action) = self.raft.poll_action() else {
+                return;
+            };
+            if (self.blocked.is_none() && self.waiting.is_empty()) || self.may_go_ahead(&action) {
+                self.execute(action);
+            } else {
+                Action::enqueue(&mut self.waiting, action);
             }
         }
-        Ok(())
+    }
+
+    /// Whether `action` may be carried out ahead of the waiting ones: a leader's
+    /// append or heartbeat, while no new term or vote is being written.
+    fn may_go_ahead(&self, action: &Action) -> bool {
+        matches!(
+            action,
+            Action::Send {
+                message: Message::AppendEntries(_),
+                ..
+            }
+        ) && !self.blocked_on_hard_state
+            && !self
+                .waiting
+                .iter()
+                .any(|a| matches!(a, Action::Persist(p) if p.hard_state.is_some()))
+    }
+
+    /// The storage step in flight finished.
+    fn finished(&mut self, done: Result<Done, super::StorageError>) {
+        self.blocked_on_hard_state = false;
+        match done {
+            Ok(Done::Written(Some(last))) => self.raft.persisted(last),
+            Ok(Done::Written(None) | Done::Purged) => {}
+            Ok(Done::Installed(index)) => self.drop_covered_waiters(index),
+            Err(e) => {
+                tracing::error!(node = %self.raft.id(), error = %e, "storage failed; stopping the node");
+                self.fatal = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Carries out one action; a storage step becomes `blocked`.
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Send { to, message } => {
+                if matches!(
+                    message,
+                    Message::InstallSnapshot(_) | Message::InstallSnapshotResponse(_)
+                ) {
+                    self.transport.send_snapshot(to, message);
+                } else {
+                    self.transport.send(to, message);
+                }
+            }
+            Action::Persist(batch) => {
+                let log = self.env_log.clone();
+                let last = batch.entries.last().map(|e| e.log_id);
+                self.blocked_on_hard_state = batch.hard_state.is_some();
+                self.blocked = Some(
+                    async move { log.write(&batch).await.map(|()| Done::Written(last)) }.boxed(),
+                );
+            }
+            Action::Apply(entries) => {
+                let waiters = self.waiters_for(&entries);
+                self.hand_to_apply(Job::Apply { entries, waiters });
+            }
+            Action::ReadReady { id, index } => {
+                if let Some(reply) = self.reads.remove(&id) {
+                    let _ = reply.send(Ok(index));
+                }
+            }
+            Action::ReadFailed { id, error } => {
+                if let Some(reply) = self.reads.remove(&id) {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            Action::BuildSnapshot { meta } => self.hand_to_apply(Job::BuildSnapshot(meta)),
+            Action::PurgeLog { up_to, base } => {
+                let log = self.env_log.clone();
+                self.blocked = Some(
+                    async move { log.purge(up_to, &base).await.map(|()| Done::Purged) }.boxed(),
+                );
+            }
+            Action::ReadSnapshotChunk {
+                to,
+                meta,
+                offset,
+                len,
+            } => {
+                let (sm, events) = (self.state_machine.clone(), self.events_tx.clone());
+                self.runtime.spawn(
+                    async move {
+                        let event = match sm.read_snapshot(meta.id, offset, len).await {
+                            Ok(Some((data, last))) => Event::ChunkRead {
+                                to,
+                                id: meta.id,
+                                offset,
+                                data: Some(data),
+                                last,
+                            },
+                            Ok(None) => Event::ChunkRead {
+                                to,
+                                id: meta.id,
+                                offset,
+                                data: None,
+                                last: false,
+                            },
+                            Err(e) => Event::Fatal(e.to_string()),
+                        };
+                        let _ = events.unbounded_send(event);
+                    }
+                    .boxed(),
+                );
+            }
+            Action::WriteSnapshotChunk { meta, offset, data } => {
+                self.hand_to_apply(Job::Receive { meta, offset, data })
+            }
+            Action::InstallSnapshot { meta, discard_log } => {
+                // In order and durable before anything after it: the apply task
+                // installs, then the log is fixed.
+                let (done, installed) = oneshot::channel();
+                let last = meta.last_log_id;
+                self.hand_to_apply(Job::Install {
+                    meta: meta.clone(),
+                    done,
+                });
+                let log = self.env_log.clone();
+                self.blocked = Some(
+                    async move {
+                        match installed.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                return Err(super::StorageError::new("install a snapshot", e));
+                            }
+                            Err(_) => {
+                                return Err(super::StorageError::new(
+                                    "install a snapshot",
+                                    "the apply task stopped",
+                                ));
+                            }
+                        }
+                        if discard_log {
+                            log.reset(&meta).await?;
+                        } else {
+                            log.purge(last, &meta).await?;
+                        }
+                        Ok(Done::Installed(last.index))
+                    }
+                    .boxed(),
+                );
+            }
+        }
     }
 
     fn hand_to_apply(&mut self, job: Job) {
