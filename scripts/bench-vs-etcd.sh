@@ -42,7 +42,7 @@ fi
 
 log "building (release)"
 cargo build --release --locked -q -p raft-server
-RAFT=$ROOT/target/release/raft-server
+RAFT=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/release/raft-server
 if [[ " $SYSTEMS " == *" etcd "* ]]; then
     # Built from a copy: the shared tools folder is only read (cargo would write a
     # Cargo.lock next to the manifest).
@@ -171,6 +171,18 @@ if [[ " $SYSTEMS " == *" raft "* ]]; then
         done
         for _ in $(seq 1 100); do
             "$RAFT" cluster --client-config "$DIR/client.toml" status 2>/dev/null | grep -q ' Leader ' && break
+            sleep 0.2
+        done
+        # Count leader changes only from a settled cluster: every node names the same
+        # leader (the start-up election is not part of any row).
+        for _ in $(seq 1 100); do
+            local ids=""
+            for i in 0 1 2; do
+                ids+=" $(curl -s --max-time 2 "127.0.0.1:$((RAFT_METRICS_PORT + i))/metrics" | awk '/^raft_leader_id/ {print $2}')"
+            done
+            # shellcheck disable=SC2086
+            set -- $ids
+            [ $# -eq 3 ] && [ "$1" != 0 ] && [ "$1" = "$2" ] && [ "$2" = "$3" ] && break
             sleep 0.2
         done
         "$RAFT" cluster --client-config "$DIR/client.toml" status

@@ -21,7 +21,7 @@ PORT=${PORT:-7701}
 METRICS_PORT=${METRICS_PORT:-9701}
 
 cargo build --release --locked -q -p raft-server
-B=$ROOT/target/release/raft-server
+B=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/release/raft-server
 rm -rf "$OUT"
 mkdir -p "$OUT"
 cd "$OUT"
