@@ -707,6 +707,18 @@ impl Raft {
         self.reset_election_timer();
     }
 
+    /// The payload bytes of the log's entries past the commit index: what a leader
+    /// counts against `max_uncommitted_bytes`.
+    fn uncommitted_bytes_in_log(&self) -> u64 {
+        let committed = self.log.committed();
+        self.log
+            .entries()
+            .rev()
+            .take_while(|e| e.log_id.index > committed)
+            .map(|e| e.payload_len() as u64)
+            .sum()
+    }
+
     pub(crate) fn become_leader(&mut self) {
         assert!(
             matches!(self.role, RoleState::Candidate(_)),
@@ -722,14 +734,7 @@ impl Raft {
             .filter(|&m| m != self.id)
             .map(|m| (m, Progress::new(next)))
             .collect();
-        let committed = self.log.committed();
-        let uncommitted_bytes = self
-            .log
-            .entries()
-            .rev()
-            .take_while(|e| e.log_id.index > committed)
-            .map(|e| e.payload_len() as u64)
-            .sum();
+        let uncommitted_bytes = self.uncommitted_bytes_in_log();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,
             heartbeat_elapsed: 0,
@@ -820,14 +825,7 @@ impl Raft {
                         ctx()
                     );
                 }
-                let committed = self.log.committed();
-                let uncommitted: u64 = self
-                    .log
-                    .entries()
-                    .rev()
-                    .take_while(|e| e.log_id.index > committed)
-                    .map(|e| e.payload_len() as u64)
-                    .sum();
+                let uncommitted = self.uncommitted_bytes_in_log();
                 assert_eq!(
                     l.uncommitted_bytes,
                     uncommitted,
