@@ -174,15 +174,18 @@ if [[ " $SYSTEMS " == *" raft "* ]]; then
             sleep 0.2
         done
         # Count leader changes only from a settled cluster: every node names the same
-        # leader (the start-up election is not part of any row).
+        # leader and has counted it (raft_leader_changes_total is updated every 0.5 s),
+        # so the start-up election is not part of any row.
         for _ in $(seq 1 100); do
-            local ids=""
+            local ids="" counted=0 page
             for i in 0 1 2; do
-                ids+=" $(curl -s --max-time 2 "127.0.0.1:$((RAFT_METRICS_PORT + i))/metrics" | awk '/^raft_leader_id/ {print $2}')"
+                page=$(curl -s --max-time 2 "127.0.0.1:$((RAFT_METRICS_PORT + i))/metrics")
+                ids+=" $(awk '/^raft_leader_id/ {print $2}' <<<"$page")"
+                awk 'BEGIN {no = 1} /^raft_leader_changes_total/ {no = !($2 >= 1)} END {exit no}' <<<"$page" && counted=$((counted + 1))
             done
             # shellcheck disable=SC2086
             set -- $ids
-            [ $# -eq 3 ] && [ "$1" != 0 ] && [ "$1" = "$2" ] && [ "$2" = "$3" ] && break
+            [ $# -eq 3 ] && [ "$1" != 0 ] && [ "$1" = "$2" ] && [ "$2" = "$3" ] && [ "$counted" -eq 3 ] && break
             sleep 0.2
         done
         "$RAFT" cluster --client-config "$DIR/client.toml" status

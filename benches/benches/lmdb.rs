@@ -1,10 +1,11 @@
 //! The cost of the LMDB stores on a real disk (a temporary directory under `$TMPDIR`,
-//! which must not be a tmpfs: the durable commit is what is measured).
+//! which must not be a tmpfs: the log's durable write is what is measured).
 //!
 //! - `append/batch=N`: one iteration is one [`LogStore::write`] of N entries with
-//!   128-byte command payloads, continuing the log: one write transaction and one
-//!   durable commit (LMDB syncs on commit). Throughput is entries per second; the time
-//!   per iteration is the commit latency. The log is purged off the clock whenever it
+//!   128-byte command payloads, continuing the log: one record appended to the
+//!   write-ahead log and one `fdatasync` (LMDB is updated without a flush and
+//!   checkpointed, as `LmdbLogStore` always does). Throughput is entries per second;
+//!   the time per iteration is the durable-write latency. The log is purged off the clock whenever it
 //!   passes 64k entries, so it never grows without bound.
 //! - `read/range=1024`: one iteration is one [`LogStore::entries`]`(from, from + 1024)`
 //!   on a log of 131,072 entries of 128 bytes (every record's checksum verified), at a
@@ -12,8 +13,9 @@
 //! - `apply/puts=1024`: one iteration is one [`StateMachine::apply`] of 1024 entries,
 //!   each `put <16-byte key> <128-byte value>` with a key never used before (scattered
 //!   over the key space), into an [`LmdbStateMachine`] with the `Kv` machine of the
-//!   tests: one write transaction and one durable commit. Throughput is puts per
-//!   second. The state machine grows for the bench's duration.
+//!   tests, with `SmConfig::default()`: one write transaction committed without a
+//!   flush (`ApplyDurability::Deferred`, the server's default; the log is what is
+//!   durable). Throughput is puts per second. The state machine grows for the bench's duration.
 //!
 //! The async store methods are driven with `futures::executor::block_on`. The `Kv`
 //! machine and `entry` are `raft_storage_lmdb::testing`'s.
