@@ -4,10 +4,12 @@
 //! One driver task owns the `Raft`. Each time it wakes it takes everything queued
 //! (client commands, messages, storage and state-machine completions, clock ticks),
 //! feeds it to the core, and carries out the resulting actions in order: sends go to
-//! the transport at once, log writes are awaited in place (so a leader's appends are
-//! on the wire while its own write is in flight, and everything that arrives meanwhile
-//! is batched into the next write), and applies, snapshot builds and installs go, in
-//! order, to an apply task that answers clients. A storage error stops the node.
+//! the transport at once; a log write, purge or snapshot install is started, and the
+//! actions after it wait until it finishes while the driver keeps taking messages and
+//! ticks (a leader's appends and heartbeats go ahead, so a slow disk does not cost it
+//! its followers; commands wait in their channel and are batched into the next
+//! write); applies and snapshot builds go, in order, to an apply task that answers
+//! clients. A storage error stops the node.
 //!
 //! ```no_run
 //! # async fn demo(env: raft_core::node::Environment) -> Result<(), Box<dyn std::error::Error>> {
