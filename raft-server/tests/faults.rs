@@ -395,23 +395,57 @@ async fn current_leader(c: &NetCluster, admin: &Client) -> Result<u64, String> {
 
 const PHASE: Duration = Duration::from_secs(6);
 
+/// Round `round`: SIGSTOP the current leader for `pause`, SIGCONT it, wait `after`.
+async fn pause_leader(
+    c: &NetCluster,
+    admin: &Client,
+    s: &mut Schedule,
+    round: u32,
+    pause: Duration,
+    after: Duration,
+) -> Result<(), String> {
+    let l = current_leader(c, admin).await?;
+    s.log(format!(
+        "round {round}: SIGSTOP leader {l} for {} s",
+        pause.as_secs()
+    ));
+    c.signal(l, "-STOP")?;
+    tokio::time::sleep(pause).await;
+    s.log(format!("SIGCONT {l}"));
+    c.signal(l, "-CONT")?;
+    tokio::time::sleep(after).await;
+    Ok(())
+}
+
+/// Round `round`: cut the current leader off from every other node for `PHASE`, heal,
+/// wait 2 s.
+async fn isolate_leader(
+    c: &NetCluster,
+    admin: &Client,
+    s: &mut Schedule,
+    round: u32,
+) -> Result<(), String> {
+    let l = current_leader(c, admin).await?;
+    s.log(format!(
+        "round {round}: isolate leader {l} from every other node"
+    ));
+    for other in (1..=NODES).filter(|&o| o != l) {
+        cut(l, other)?;
+    }
+    tokio::time::sleep(PHASE).await;
+    s.log("heal");
+    heal(NODES)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root; run by .ci/run"]
 fn faults_partition_isolating_the_leader() {
     run_nemesis("isolate the leader", None, None, |c, admin, s| {
         boxed(async move {
             for round in 0..3 {
-                let l = current_leader(c, admin).await?;
-                s.log(format!(
-                    "round {round}: isolate leader {l} from every other node"
-                ));
-                for other in (1..=NODES).filter(|&o| o != l) {
-                    cut(l, other)?;
-                }
-                tokio::time::sleep(PHASE).await;
-                s.log("heal");
-                heal(NODES)?;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                isolate_leader(c, admin, s, round).await?;
             }
             Ok(())
         })
@@ -520,13 +554,8 @@ fn faults_pause_the_leader_past_the_election_timeout() {
     run_nemesis("SIGSTOP the leader", None, None, |c, admin, s| {
         boxed(async move {
             for round in 0..3 {
-                let l = current_leader(c, admin).await?;
-                s.log(format!("round {round}: SIGSTOP leader {l} for 4 s"));
-                c.signal(l, "-STOP")?;
-                tokio::time::sleep(Duration::from_secs(4)).await;
-                s.log(format!("SIGCONT {l}"));
-                c.signal(l, "-CONT")?;
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                let (pause, after) = (Duration::from_secs(4), Duration::from_secs(3));
+                pause_leader(c, admin, s, round, pause, after).await?;
             }
             Ok(())
         })
@@ -549,22 +578,9 @@ fn faults_lease_reads_while_the_leader_is_paused_or_isolated() {
         |c, admin, s| {
             boxed(async move {
                 for round in 0..2 {
-                    let l = current_leader(c, admin).await?;
-                    s.log(format!("round {round}: SIGSTOP leader {l} for 3 s"));
-                    c.signal(l, "-STOP")?;
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    s.log(format!("SIGCONT {l}"));
-                    c.signal(l, "-CONT")?;
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    let l = current_leader(c, admin).await?;
-                    s.log(format!("round {round}: isolate leader {l}"));
-                    for other in (1..=NODES).filter(|&o| o != l) {
-                        cut(l, other)?;
-                    }
-                    tokio::time::sleep(PHASE).await;
-                    s.log("heal");
-                    heal(NODES)?;
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let (pause, after) = (Duration::from_secs(3), Duration::from_secs(2));
+                    pause_leader(c, admin, s, round, pause, after).await?;
+                    isolate_leader(c, admin, s, round).await?;
                 }
                 Ok(())
             })
