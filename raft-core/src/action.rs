@@ -121,6 +121,23 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether this action may be carried out ahead of `waiting`, the actions queued
+    /// behind a storage step in flight: only a leader's append or heartbeat, and only
+    /// while no new term or vote is being written (`writing_hard_state`: the step in
+    /// flight is a `Persist` with a `hard_state`) or waits in `waiting`.
+    pub fn may_go_ahead(&self, writing_hard_state: bool, waiting: &VecDeque<Action>) -> bool {
+        matches!(
+            self,
+            Action::Send {
+                message: Message::AppendEntries(_),
+                ..
+            }
+        ) && !writing_hard_state
+            && !waiting
+                .iter()
+                .any(|a| matches!(a, Action::Persist(p) if p.hard_state.is_some()))
+    }
+
     /// Appends `action` to `queue`, a queue carried out in order (the core's own, or a
     /// driver's actions waiting behind a write in flight).
     ///

@@ -719,22 +719,16 @@ impl World {
                 // As the shipped driver does: a leader's appends and heartbeats go
                 // ahead of actions waiting behind a write, unless a new term or vote
                 // is being written (see `Action`'s ordering contract).
-                let blocked = node.disk.in_flight.is_some() || !node.queue.is_empty();
-                let hard_state_pending = node
-                    .disk
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|p| p.hard_state.is_some())
-                    || node
-                        .queue
-                        .iter()
-                        .any(|a| matches!(a, Action::Persist(p) if p.hard_state.is_some()));
-                match action {
-                    Action::Send {
-                        to,
-                        message: message @ Message::AppendEntries(_),
-                    } if blocked && !hard_state_pending => ahead.push((to, message)),
-                    action => Action::enqueue(&mut node.queue, action),
+                let in_flight = node.disk.in_flight.as_ref();
+                let blocked = in_flight.is_some() || !node.queue.is_empty();
+                let writing_hard_state = in_flight.is_some_and(|p| p.hard_state.is_some());
+                if blocked
+                    && action.may_go_ahead(writing_hard_state, &node.queue)
+                    && let Action::Send { to, message } = action
+                {
+                    ahead.push((to, message));
+                } else {
+                    Action::enqueue(&mut node.queue, action);
                 }
             }
             for (to, message) in ahead {

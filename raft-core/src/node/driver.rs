@@ -339,28 +339,14 @@ impl Driver {
             let Some(action) = self.raft.poll_action() else {
                 return;
             };
-            if (self.blocked.is_none() && self.waiting.is_empty()) || self.may_go_ahead(&action) {
+            if (self.blocked.is_none() && self.waiting.is_empty())
+                || action.may_go_ahead(self.blocked_on_hard_state, &self.waiting)
+            {
                 self.execute(action);
             } else {
                 Action::enqueue(&mut self.waiting, action);
             }
         }
-    }
-
-    /// Whether `action` may be carried out ahead of the waiting ones: a leader's
-    /// append or heartbeat, while no new term or vote is being written.
-    fn may_go_ahead(&self, action: &Action) -> bool {
-        matches!(
-            action,
-            Action::Send {
-                message: Message::AppendEntries(_),
-                ..
-            }
-        ) && !self.blocked_on_hard_state
-            && !self
-                .waiting
-                .iter()
-                .any(|a| matches!(a, Action::Persist(p) if p.hard_state.is_some()))
     }
 
     /// The storage step in flight finished.
