@@ -696,16 +696,29 @@ impl Write for SyncEvery {
 /// disk in steps, and the final `fsync` has little left to do. Elsewhere, `fdatasync`.
 #[cfg(target_os = "linux")]
 fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    write_back_range(file, offset, len, false)
+}
+
+/// Linux `sync_file_range` on a range: starts its writeback (no device cache flush)
+/// and, with `wait`, waits for it, before and after. A range beyond `i64` falls back
+/// to `fdatasync`.
+#[cfg(target_os = "linux")]
+fn write_back_range(file: &File, offset: u64, len: u64, wait: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return file.sync_data();
     };
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
     // SAFETY: the descriptor is open for as long as `file` is borrowed, and
     // sync_file_range reads no memory of ours.
     #[allow(unsafe_code)]
-    let r = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
     if r == 0 {
         Ok(())
     } else {
@@ -725,29 +738,15 @@ fn start_writeback(file: &File, _offset: u64, _len: u64) -> std::io::Result<()> 
 /// failures are left to the flush that follows, which reports them.
 #[cfg(target_os = "linux")]
 fn write_back_env(dir: &Path) {
-    use std::os::fd::AsRawFd;
-    const SLICE: i64 = 8 << 20;
+    const SLICE: u64 = 8 << 20;
     let Ok(file) = File::open(dir.join("data.mdb")) else {
         return;
     };
-    let Ok(len) = file
-        .metadata()
-        .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX))
-    else {
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
         return;
     };
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     let mut offset = 0;
-    while offset < len {
-        // SAFETY: the descriptor is open for as long as `file` lives, and
-        // sync_file_range reads no memory of ours.
-        #[allow(unsafe_code)]
-        let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, SLICE, flags) };
-        if r != 0 {
-            return;
-        }
+    while offset < len && write_back_range(&file, offset, SLICE, true).is_ok() {
         offset += SLICE;
     }
 }
