@@ -31,16 +31,49 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// A free UDP port on 127.0.0.1 (for QUIC).
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    s.local_addr().expect("local address").port()
+/// A port for a node to listen on, UDP (QUIC) or TCP (metrics).
+///
+/// Ports come from below the kernel's ephemeral range, so a socket bound to port 0
+/// (a client, a QUIC endpoint dialling out) can never take the port of a node that a
+/// test killed and is about to restart; a CI run once failed on exactly that ("cannot
+/// listen on ...: Address already in use"). Each test binary starts at an offset of
+/// its own (from its pid) and never hands a port out twice; a port is only handed out
+/// if it is free for both UDP and TCP at that moment.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&first| first > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + std::process::id() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range ({LOW}..{high})");
 }
 
-/// A free TCP port on 127.0.0.1 (for metrics).
+/// A free UDP port on 127.0.0.1 (for QUIC); see [`free_port`].
+fn free_udp_port() -> u16 {
+    free_port()
+}
+
+/// A free TCP port on 127.0.0.1 (for metrics); see [`free_port`].
 fn free_tcp_port() -> u16 {
-    let s = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-    s.local_addr().expect("local address").port()
+    free_port()
 }
 
 /// One node: its configuration and, while it runs, its process.

@@ -34,7 +34,7 @@ use raft_server::proto::Status;
 use raft_server::{Client, ClientOptions, ServerConfig};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,16 +59,6 @@ pub fn base_dir() -> PathBuf {
 
 /// The node whose disk is cut (B).
 pub const B: u64 = 2;
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    s.local_addr().expect("local address").port()
-}
-
-fn free_tcp_port() -> u16 {
-    let s = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-    s.local_addr().expect("local address").port()
-}
 
 fn path_str(p: &Path) -> String {
     p.display().to_string()
@@ -323,7 +313,9 @@ impl PowerCluster {
         };
         Disk::format(&cluster.b_image(), disk_mb)?;
         cluster.disk = Some(Disk::attach(&cluster.b_image(), &cluster.b_mountpoint())?);
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_udp_port(), free_tcp_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| (crate::support::free_port(), crate::support::free_port()))
+            .collect();
         let listen = |i: u64| format!("127.0.0.1:{}", ports[(i - 1) as usize].0);
         for id in 1..=3u64 {
             let data = if id == B {
