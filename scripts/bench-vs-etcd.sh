@@ -16,8 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-OUT=${OUT:-$ROOT/target/bench-e2e/$(date -u +%Y%m%d-%H%M%S)}
-WORK=${WORK:-$ROOT/target/bench-e2e/work}
+TARGET=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")
+OUT=${OUT:-$TARGET/bench-e2e/$(date -u +%Y%m%d-%H%M%S)}
+WORK=${WORK:-$OUT/work}
 ETCD_TOOLS=${ETCD_TOOLS:-$ROOT/../shared/tools}
 SYSTEMS=${SYSTEMS:-"raft etcd"}
 QUICK=${QUICK:-0}
@@ -25,6 +26,15 @@ RAFT_PORT=${RAFT_PORT:-7601}
 RAFT_METRICS_PORT=${RAFT_METRICS_PORT:-9601}
 
 log() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+# What this script must leave as it found it: the repository's status and the shared
+# tools folder (compared at the end; everything it writes goes to $OUT and $TARGET).
+untouched() {
+    git -C "$ROOT" status --porcelain
+    [[ -d $ETCD_TOOLS ]] && find "$ETCD_TOOLS" -printf '%p %s %T@ %m\n' | sort
+    return 0
+}
+UNTOUCHED_BEFORE=$(untouched)
 
 # ---------------------------------------------------------------- prerequisites
 need_pkgs=()
@@ -42,20 +52,20 @@ fi
 
 log "building (release)"
 cargo build --release --locked -q -p raft-server
-RAFT=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/release/raft-server
+RAFT=$TARGET/release/raft-server
 if [[ " $SYSTEMS " == *" etcd "* ]]; then
     # Built from a copy: the shared tools folder is only read (cargo would write a
     # Cargo.lock next to the manifest).
-    rm -rf "$ROOT/target/etcd-bench/src-copy"
-    mkdir -p "$ROOT/target/etcd-bench"
-    cp -r "$ETCD_TOOLS/etcd-bench" "$ROOT/target/etcd-bench/src-copy"
-    chmod -R u+w "$ROOT/target/etcd-bench/src-copy"
+    rm -rf "$TARGET/etcd-bench/src-copy"
+    mkdir -p "$TARGET/etcd-bench"
+    cp -r "$ETCD_TOOLS/etcd-bench" "$TARGET/etcd-bench/src-copy"
+    chmod -R u+w "$TARGET/etcd-bench/src-copy"
     # Its own workspace, not a member of ours.
-    grep -q '^\[workspace\]' "$ROOT/target/etcd-bench/src-copy/Cargo.toml" ||
-        printf '\n[workspace]\n' >> "$ROOT/target/etcd-bench/src-copy/Cargo.toml"
-    cargo build --release -q --manifest-path "$ROOT/target/etcd-bench/src-copy/Cargo.toml" \
-        --target-dir "$ROOT/target/etcd-bench"
-    ETCD_BENCH=$ROOT/target/etcd-bench/release/etcd-bench
+    grep -q '^\[workspace\]' "$TARGET/etcd-bench/src-copy/Cargo.toml" ||
+        printf '\n[workspace]\n' >> "$TARGET/etcd-bench/src-copy/Cargo.toml"
+    cargo build --release -q --manifest-path "$TARGET/etcd-bench/src-copy/Cargo.toml" \
+        --target-dir "$TARGET/etcd-bench"
+    ETCD_BENCH=$TARGET/etcd-bench/release/etcd-bench
 fi
 
 mkdir -p "$OUT" "$WORK"
@@ -279,3 +289,8 @@ open(sys.argv[2], "w").write(text)
 print(text)
 PY
 cat "$OUT/machine.txt"
+if [[ "$(untouched)" != "$UNTOUCHED_BEFORE" ]]; then
+    echo "error: the run changed the repository's status or $ETCD_TOOLS:" >&2
+    diff <(echo "$UNTOUCHED_BEFORE") <(untouched) >&2 || true
+    exit 1
+fi

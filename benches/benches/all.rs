@@ -22,6 +22,10 @@
 //! - The HTML report is `target/criterion/report/index.html` (under
 //!   `$CARGO_TARGET_DIR` if set), plotted with plotters when gnuplot is not installed.
 //! - `cargo test -p benches --benches` runs each bench once, as a smoke test.
+//! - `scripts/bench-all.py run` runs every bench here one at a time, plus the custom
+//!   measurements, and writes each figure with the load average and the other
+//!   processes' CPU beside it; the README's per-layer tables come from its recorded
+//!   run, and `scripts/bench-all.py check` compares a fresh run with that one.
 
 use criterion::{BenchmarkFilter, Criterion};
 

@@ -1,7 +1,8 @@
 //! Round-trip latency percentiles over QUIC on loopback: node 1 sends a heartbeat,
 //! node 2 echoes it, node 1 receives the echo; one message in flight. Criterion
 //! reports means and medians, not tails, so this prints p50/p90/p99/p99.9/max of
-//! `RTT_SAMPLES` (default 20,000) round trips after 2,000 warm-up ones.
+//! `RTT_SAMPLES` (default 20,000) round trips after 2,000 warm-up ones, as a line for
+//! people and as one JSON line (nanoseconds) for `scripts/bench-all.py`.
 //!
 //! Run: `cargo bench -p raft-net-quic --bench rtt`.
 
@@ -101,5 +102,15 @@ fn main() {
         at(0.99),
         at(0.999),
         rtts[rtts.len() - 1]
+    );
+    // For scripts (`scripts/bench-all.py`): the same figures in nanoseconds.
+    println!(
+        "{{\"bench\":\"rtt\",\"samples\":{},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{}}}",
+        rtts.len(),
+        at(0.50).as_nanos(),
+        at(0.90).as_nanos(),
+        at(0.99).as_nanos(),
+        at(0.999).as_nanos(),
+        rtts[rtts.len() - 1].as_nanos()
     );
 }

@@ -1,12 +1,13 @@
 //! Write latency while a copy-on-write snapshot streams, versus without one.
 //!
 //! One measured operation is one [`StateMachine::apply`] of a single entry
-//! `put <key> <value>` overwriting a random existing key: one write transaction,
-//! committed as the default `SmConfig` commits it ([`ApplyDurability::Deferred`]: no
-//! flush per apply, as the server runs; the log is what is durable). With
-//! `SNAPSHOT_BENCH_SYNCED=1` each apply is a durable commit
-//! ([`ApplyDurability::Synced`]). Between two applies the bench sleeps (1 ms by
-//! default), so the measurement spans the snapshot rather than racing it.
+//! `put <key> <value>` overwriting a random existing key: one write transaction. The
+//! whole procedure below runs once per durability mode, each in a fresh directory:
+//! first as the default `SmConfig` commits ([`ApplyDurability::Deferred`]: no flush
+//! per apply, as the server runs; the log is what is durable), then with a durable
+//! commit per apply ([`ApplyDurability::Synced`]). `SNAPSHOT_BENCH_MODES=deferred` (or
+//! `synced`) runs one of them. Between two applies the bench sleeps (1 ms by default),
+//! so the measurement spans the snapshot rather than racing it.
 //!
 //! [`ApplyDurability::Deferred`]: raft_storage_lmdb::ApplyDurability::Deferred
 //! [`ApplyDurability::Synced`]: raft_storage_lmdb::ApplyDurability::Synced
@@ -26,13 +27,15 @@
 //!    run seconds apart): rounds of one snapshot with applies during it (I+), then
 //!    as many applies without one (I-), until each side has `SNAPSHOT_BENCH_APPLIES`.
 //!
-//! Prints a table and one JSON line (on stdout), with p50/p99/max of each phase, the
-//! ratios p99(B)/p99(A) and p99(I+)/p99(I-), each snapshot's duration and file size, and the LMDB file size
+//! Prints, per mode, a table and one JSON line (on stdout; its `durability` says the
+//! mode), with p50/p99/max of each phase, the ratios p99(B)/p99(A) and
+//! p99(I+)/p99(I-), each snapshot's duration and file size, and the LMDB file size
 //! before and after phase B (the read transaction of a snapshot keeps later commits
 //! from reusing freed pages, so the file grows). `SNAPSHOT_BENCH_SLEEP_US` sets the
 //! pause between applies; `SNAPSHOT_BENCH_UNPACED=1` writes the snapshot file as fast
 //! as possible with one sync at the end (the default `SmConfig` paces it: writeback
-//! every 256 KiB, at most 100 MiB/s).
+//! every 256 KiB, at most 100 MiB/s). `scripts/bench-all.py` runs it with the
+//! defaults and reads the JSON lines.
 
 #![allow(clippy::print_stdout)]
 
@@ -242,11 +245,38 @@ fn overlaps(s: &Sample, snaps: &[Snap]) -> bool {
         .any(|p| s.at < p.end && s.at + s.took > p.begin)
 }
 
+/// The durability modes to measure: `SNAPSHOT_BENCH_MODES` (a comma-separated list of
+/// `deferred` and `synced`; default both, the server's default first).
+/// `SNAPSHOT_BENCH_SYNCED=1` (the older switch) means `synced` alone.
+fn modes() -> Vec<ApplyDurability> {
+    if std::env::var_os("SNAPSHOT_BENCH_SYNCED").is_some() {
+        return vec![ApplyDurability::Synced];
+    }
+    let list = std::env::var("SNAPSHOT_BENCH_MODES").unwrap_or_else(|_| "deferred,synced".into());
+    list.split(',')
+        .map(|m| match m.trim() {
+            "deferred" => ApplyDurability::Deferred,
+            "synced" => ApplyDurability::Synced,
+            other => panic!("SNAPSHOT_BENCH_MODES: {other:?} is neither deferred nor synced"),
+        })
+        .collect()
+}
+
 fn main() {
     let keys = env_u64("SNAPSHOT_BENCH_KEYS", 262_144);
     let value = env_u64("SNAPSHOT_BENCH_VALUE", 1024) as usize;
     let applies = env_u64("SNAPSHOT_BENCH_APPLIES", 2_000);
     let sleep = Duration::from_micros(env_u64("SNAPSHOT_BENCH_SLEEP_US", 1_000));
+    for (i, durability) in modes().into_iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        run(durability, keys, value, applies, sleep);
+    }
+}
+
+/// The whole procedure (module doc) for one durability mode, in a fresh directory.
+fn run(durability: ApplyDurability, keys: u64, value: usize, applies: u64, sleep: Duration) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = SmConfig::default();
     if std::env::var_os("SNAPSHOT_BENCH_UNPACED").is_some() {
@@ -254,10 +284,7 @@ fn main() {
         config.snapshot_sync_bytes = u64::MAX;
         config.snapshot_write_rate = None;
     }
-    if std::env::var_os("SNAPSHOT_BENCH_SYNCED").is_some() {
-        config.apply_durability = ApplyDurability::Synced;
-    }
-    let durability = config.apply_durability;
+    config.apply_durability = durability;
     let sm = LmdbStateMachine::open(dir.path(), Kv, config).expect("open the state machine");
     let mut bench = Bench {
         sm,
@@ -431,7 +458,7 @@ fn main() {
         );
     }
     println!(
-        "{{\"bench\":\"snapshot_latency\",\"keys\":{keys},\"value_bytes\":{value},\"applies\":{applies},\"sleep_us\":{},\"populate_secs\":{:.3},\"a\":{},\"b\":{},\"b_whole_phase\":{},\"a2\":{},\"p99_ratio\":{ratio:.3},\"target_met\":{},\"snapshots\":[{snaps_json}],\"lmdb_bytes_populated\":{disk_populated},\"lmdb_bytes_before\":{disk_before},\"lmdb_bytes_after\":{disk_after},\"lmdb_bytes_end\":{disk_end},\"interleaved\":{{\"rounds\":{},\"without\":{},\"during\":{},\"p99_ratio\":{ratio_i:.3},\"snapshot_secs_median\":{:.3}}}}}",
+        "{{\"bench\":\"snapshot_latency\",\"durability\":\"{durability:?}\",\"keys\":{keys},\"value_bytes\":{value},\"applies\":{applies},\"sleep_us\":{},\"populate_secs\":{:.3},\"a\":{},\"b\":{},\"b_whole_phase\":{},\"a2\":{},\"p99_ratio\":{ratio:.3},\"target_met\":{},\"snapshots\":[{snaps_json}],\"lmdb_bytes_populated\":{disk_populated},\"lmdb_bytes_before\":{disk_before},\"lmdb_bytes_after\":{disk_after},\"lmdb_bytes_end\":{disk_end},\"interleaved\":{{\"rounds\":{},\"without\":{},\"during\":{},\"p99_ratio\":{ratio_i:.3},\"snapshot_secs_median\":{:.3}}}}}",
         sleep.as_micros(),
         populate.as_secs_f64(),
         phase_json(&sa),
