@@ -282,10 +282,21 @@ def untouched():
     return status, listing
 
 
+def settle(below=1.0, at_most=180):
+    """Waits (at most `at_most` seconds) until the 1-minute load average is below
+    `below`, so that the build before the first figure does not show in its load."""
+    t0 = time.monotonic()
+    if loadavg() >= below:
+        log(f"waiting for the load average ({loadavg():.2f}) to fall below {below}")
+    while loadavg() >= below and time.monotonic() - t0 < at_most:
+        time.sleep(2)
+
+
 def run_all(suites, out, quick):
     before = untouched()
     out.mkdir(parents=True, exist_ok=True)
     build(suites)
+    settle()
     info = machine()
     if info["load_at_start"] > 0.5:
         log(f"the machine is not quiet: load average {info['load_at_start']} at the start")
