@@ -298,7 +298,7 @@ def run_all(suites, out, quick):
     build(suites)
     settle()
     info = machine()
-    if info["load_at_start"] > 0.5:
+    if info["load_at_start"] >= 1.0:
         log(f"the machine is not quiet: load average {info['load_at_start']} at the start")
     log(f"commit {info['commit']}{' (with uncommitted changes)' if info['changes'] else ''}, "
         f"writing to {out}")
