@@ -8,7 +8,7 @@ them, and a regression check against the recorded figures.
                                                # and the README's tables are rewritten
     scripts/bench-all.py check [--fresh RESULTS] [--only SUITE,...] [--no-rerun]
 
-Suites, in the order they run (about 15 minutes in all on a 2-core VM):
+Suites, in the order they run (about 7 minutes in all on a 2-core VM):
 
     proto, core, node, lmdb, quic   the criterion suites of `benches` (benches/benches/*.rs)
     rtt                             raft-net-quic/benches/rtt.rs: round-trip percentiles
@@ -17,7 +17,9 @@ Suites, in the order they run (about 15 minutes in all on a 2-core VM):
     snapshot_latency                raft-storage-lmdb/benches/snapshot_latency.rs, both
                                     durability modes (deferred applies, then synced ones)
 
-`run` measures one criterion bench per `cargo bench` invocation, so every figure has
+`run` builds, waits for the load average to fall below 1 (at most 3 minutes), spins
+every core for 10 s (after minutes of idle this VM's first figures came out up to 57%
+slow), then measures one criterion bench per `cargo bench` invocation, so every figure has
 beside it the 1-minute load average at its start and its end, and "other CPU": the
 cores that processes other than the bench used while it ran (from /proc/stat minus
 the bench's own CPU time). Load average counts the bench itself; other CPU does not,
@@ -292,11 +294,24 @@ def settle(below=1.0, at_most=180):
         time.sleep(2)
 
 
+def warm_up(seconds=10):
+    """A busy loop on every core for `seconds`. After minutes of idle this VM ran the
+    first benches of a run 24-57% slower than the same benches a minute later (other
+    CPU 0.00 throughout: the host, not a process here), so the first figure must not
+    meet idle CPUs."""
+    log(f"warming up the CPUs ({seconds} s)")
+    spin = f"import time\nt = time.monotonic() + {seconds}\nwhile time.monotonic() < t: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    for p in procs:
+        p.wait()
+
+
 def run_all(suites, out, quick):
     before = untouched()
     out.mkdir(parents=True, exist_ok=True)
     build(suites)
     settle()
+    warm_up()
     info = machine()
     if info["load_at_start"] >= 1.0:
         log(f"the machine is not quiet: load average {info['load_at_start']} at the start")
