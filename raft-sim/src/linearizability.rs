@@ -177,13 +177,15 @@ pub enum CheckResult {
         /// A human-readable explanation.
         detail: String,
     },
-    /// The search for this key exceeded the budget: neither pass nor fail. Never report
-    /// this as a pass.
+    /// The search for this key exceeded the budget, in steps or in the memory of its
+    /// memo ([`MEMO_BYTE_BUDGET`]): neither pass nor fail. Never report this as a pass.
     Inconclusive {
         /// The first key (in ascending order) whose search ran out of budget.
         key: u64,
         /// The search steps spent on it when the search stopped.
         steps: u64,
+        /// The bytes its memo of explored configurations held then (an estimate).
+        memo_bytes: u64,
     },
 }
 
@@ -223,7 +225,15 @@ impl KvOp {
     }
 }
 
-/// Checks the whole history, key by key. `step_budget` bounds the search steps per key.
+/// The most memory the memo of explored configurations may take for one key (an
+/// estimate of its heap bytes): 4 GiB. Without it a hard key's search could grow until
+/// the machine ran out of memory before its step budget ran out (a fault-suite run
+/// reached 24 GB within 20 million steps); with it the search stops with
+/// [`CheckResult::Inconclusive`].
+pub const MEMO_BYTE_BUDGET: u64 = 4 << 30;
+
+/// Checks the whole history, key by key. `step_budget` bounds the search steps per key,
+/// and [`MEMO_BYTE_BUDGET`] the memory of its memo.
 /// Returns the first failure (NotLinearizable beats Inconclusive: if any key is not
 /// linearizable report that; otherwise if any key was inconclusive report that).
 ///
@@ -238,7 +248,15 @@ pub fn check(history: &[Operation], step_budget: u64) -> CheckResult {
 
 /// [`check`], also returning the most search steps any key took (for measurements).
 fn check_counting_steps(history: &[Operation], step_budget: u64) -> (CheckResult, u64) {
-    let mut search = Search::default();
+    check_within(history, step_budget, MEMO_BYTE_BUDGET)
+}
+
+/// [`check_counting_steps`] with a memo budget of `memo_budget` bytes per key.
+fn check_within(history: &[Operation], step_budget: u64, memo_budget: u64) -> (CheckResult, u64) {
+    let mut search = Search {
+        memo_budget,
+        ..Search::default()
+    };
     let mut inconclusive = None;
     let mut most_steps = 0;
     for (key, indices) in group_by_key(history) {
@@ -260,9 +278,13 @@ fn check_counting_steps(history: &[Operation], step_budget: u64) -> (CheckResult
                 };
                 return (result, most_steps);
             }
-            KeyVerdict::OutOfBudget(steps) => {
+            KeyVerdict::OutOfBudget { steps, memo_bytes } => {
                 most_steps = most_steps.max(steps);
-                inconclusive.get_or_insert(CheckResult::Inconclusive { key, steps });
+                inconclusive.get_or_insert(CheckResult::Inconclusive {
+                    key,
+                    steps,
+                    memo_bytes,
+                });
             }
         }
     }
@@ -299,7 +321,11 @@ pub fn check_brute_force(history: &[Operation]) -> CheckResult {
             };
         }
         if indices.len() > BRUTE_FORCE_MAX_OPS_PER_KEY {
-            inconclusive.get_or_insert(CheckResult::Inconclusive { key, steps: 0 });
+            inconclusive.get_or_insert(CheckResult::Inconclusive {
+                key,
+                steps: 0,
+                memo_bytes: 0,
+            });
             continue;
         }
         let ops: Vec<&Operation> = indices.iter().map(|&i| &history[i]).collect();
@@ -552,12 +578,21 @@ enum Sweep {
     All,
 }
 
+/// The bytes one memo entry takes besides its words: the `Vec` (24), its heap
+/// allocation's rounding and header (~16), and the hash table's slot and control byte
+/// at its load factor (~16).
+const MEMO_ENTRY_BYTES: u64 = 56;
+
 /// What the search concluded for one key.
 enum KeyVerdict {
     /// With the search steps it took.
     Linearizable(u64),
     NotLinearizable(String),
-    OutOfBudget(u64),
+    /// The steps taken and the memo's bytes when the budget ran out.
+    OutOfBudget {
+        steps: u64,
+        memo_bytes: u64,
+    },
 }
 
 /// The deepest dead end of a failed search, for the report.
@@ -605,6 +640,10 @@ struct Search {
     /// Configurations already explored, in the compact layout of [`Search::memo_key`].
     /// Exact keys, so no false "already seen".
     seen: HashSet<Vec<u64>, FastBuild>,
+    /// An estimate of the heap bytes `seen` holds (its keys, their `Vec`s and table
+    /// slots), and the most it may hold before the search gives up.
+    seen_bytes: u64,
+    memo_budget: u64,
     /// Scratch space for the current configuration's key.
     key: Vec<u64>,
     /// Backtracking stack: the ops linearized, in order.
@@ -641,6 +680,7 @@ impl Search {
         self.value_ids.clear();
         self.appends.clear();
         self.seen.clear();
+        self.seen_bytes = 0;
         self.stack.clear();
         let absent = self.intern_owned(None);
         debug_assert_eq!(absent, ABSENT);
@@ -934,8 +974,11 @@ impl Search {
 
         loop {
             steps += 1;
-            if steps > budget {
-                return KeyVerdict::OutOfBudget(steps);
+            if steps > budget || self.seen_bytes > self.memo_budget {
+                return KeyVerdict::OutOfBudget {
+                    steps,
+                    memo_bytes: self.seen_bytes,
+                };
             }
             let mut dead_end = false;
             if entry != tail && self.is_call[entry as usize] {
@@ -1052,6 +1095,7 @@ impl Search {
             return false;
         }
         self.seen.insert(self.key.clone());
+        self.seen_bytes += MEMO_ENTRY_BYTES + 8 * self.key.len() as u64;
         self.lift(op);
         true
     }
@@ -1783,7 +1827,7 @@ mod tests {
     fn out_of_budget_is_inconclusive_and_a_failure_beats_it() {
         let expensive = expensive_key(5);
         match check(&expensive, 100) {
-            CheckResult::Inconclusive { key, steps } => {
+            CheckResult::Inconclusive { key, steps, .. } => {
                 assert_eq!(key, 5);
                 assert!(steps > 100);
             }
@@ -1836,6 +1880,29 @@ mod tests {
     }
 
     #[test]
+    fn a_search_whose_memo_outgrows_its_memory_budget_is_inconclusive() {
+        let expensive = expensive_key(5);
+        // Steps to spare, memory for a handful of configurations only.
+        match check_within(&expensive, 100_000_000, 1_000).0 {
+            CheckResult::Inconclusive {
+                key,
+                steps,
+                memo_bytes,
+            } => {
+                assert_eq!(key, 5);
+                assert!(steps < 100_000_000);
+                assert!(memo_bytes > 1_000, "stopped at {memo_bytes} bytes");
+            }
+            other => panic!("expected Inconclusive, got {other:?}"),
+        }
+        // The default memory budget lets the same search finish (and fail).
+        assert!(matches!(
+            check_within(&expensive, 100_000_000, MEMO_BYTE_BUDGET).0,
+            CheckResult::NotLinearizable { key: 5, .. }
+        ));
+    }
+
+    #[test]
     fn zero_budget_is_inconclusive_unless_there_is_nothing_to_search() {
         assert!(matches!(
             check(&[put(1, 0, 1, 1)], 0),
@@ -1855,7 +1922,11 @@ mod tests {
             .collect();
         assert_eq!(
             check_brute_force(&history),
-            CheckResult::Inconclusive { key: 0, steps: 0 }
+            CheckResult::Inconclusive {
+                key: 0,
+                steps: 0,
+                memo_bytes: 0
+            }
         );
         assert_eq!(check(&history, BUDGET), CheckResult::Linearizable);
     }

@@ -1854,7 +1854,11 @@ impl World {
                     detail: text,
                 })
             }
-            CheckResult::Inconclusive { key, steps } => {
+            CheckResult::Inconclusive {
+                key,
+                steps,
+                memo_bytes,
+            } => {
                 let on_key: Vec<&Operation> = history.iter().filter(|op| op.key == key).collect();
                 let unknown = on_key
                     .iter()
@@ -1869,7 +1873,7 @@ impl World {
                     detail: format!(
                         "the search for key {key} ({} operations, {unknown} of unknown outcome, {bounded} \
                          that took effect before a known time or never) gave up after {steps} \
-                         steps: neither pass nor fail",
+                         steps, its memo at {memo_bytes} bytes: neither pass nor fail",
                         on_key.len()
                     ),
                 })
