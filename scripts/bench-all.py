@@ -496,10 +496,10 @@ def rewrite_readme(results):
     text = README.read_text()
     blocks = {"caption": lambda r: caption(r), **RENDERERS}
     for name, render in blocks.items():
-        pattern = re.compile(rf"(<!-- bench-all:{name} -->\n).*?(\n<!-- /bench-all:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- bench-all:{name} -->\n)(?:.*?\n)?(<!-- /bench-all:{name} -->)", re.S)
         if not pattern.search(text):
             sys.exit(f"README.md has no <!-- bench-all:{name} --> block")
-        text = pattern.sub(lambda m: m.group(1) + render(results) + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + render(results) + "\n" + m.group(2), text)
     README.write_text(text)
 
 
