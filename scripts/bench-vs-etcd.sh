@@ -218,6 +218,11 @@ if [[ " $SYSTEMS " == *" raft "* ]]; then
     ROWS=("${MATRIX_ROWS[@]}")
     run_rows raft "$RAFT" "bench ${R[*]}" "$DIR/cluster.pids"
     echo "raft-server: leader changes seen by the nodes during the whole matrix: $(($(leader_changes) - changes_before))" | tee "$OUT/raft-leader-changes.txt"
+    # Each node's metrics after the matrix (log write latencies, leader changes), to
+    # tell a slow disk from a busy CPU when a leader was lost.
+    for i in 0 1 2; do
+        curl -s --max-time 2 "127.0.0.1:$((RAFT_METRICS_PORT + i))/metrics" > "$OUT/raft-metrics-node$((i + 1)).txt" || true
+    done
     stop_raft
     log "raft-server: the same cluster restarted with lease_reads = true"
     for id in 1 2 3; do
