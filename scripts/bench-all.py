@@ -6,6 +6,7 @@ them, and a regression check against the recorded figures.
     scripts/bench-all.py tables RESULTS        # the README's tables, as Markdown
     scripts/bench-all.py record RESULTS        # RESULTS becomes benches/results.json,
                                                # and the README's tables are rewritten
+                                               # (record benches/results.json: only the latter)
     scripts/bench-all.py check [--fresh RESULTS] [--only SUITE,...] [--no-rerun]
 
 Suites, in the order they run (about 7 minutes in all on a 2-core VM):
@@ -494,7 +495,7 @@ def rewrite_readme(results):
     """Replaces the text between `<!-- bench-all:NAME -->` and `<!-- /bench-all:NAME -->`
     in the README with that table (`caption` for the machine line)."""
     text = README.read_text()
-    blocks = {"caption": lambda r: caption(r), **RENDERERS}
+    blocks = {"caption": caption, **RENDERERS}
     for name, render in blocks.items():
         pattern = re.compile(rf"(<!-- bench-all:{name} -->\n)(?:.*?\n)?(<!-- /bench-all:{name} -->)", re.S)
         if not pattern.search(text):
@@ -541,14 +542,11 @@ def check(args):
     print(f"recorded: commit {m0['commit']}, {m0['started']}, load at start {m0['load_at_start']}")
     print(f"fresh:    commit {m1['commit']}{' +changes' if m1['changes'] else ''}, {m1['started']}, "
           f"load at start {m1['load_at_start']}")
-    flagged = []
-    for f in fresh["figures"]:
-        o = old_by.get((f["suite"], f["name"]))
-        if not o or not_compared(f) or f["suite"] not in suites:
-            continue
-        w = compare(f, o)
-        if w > WORSE:
-            flagged.append((f, o, w))
+    # Each fresh figure of the chosen suites with its recorded one and how much worse it is.
+    pairs = [(f, old_by[(f["suite"], f["name"])]) for f in fresh["figures"]
+             if f["suite"] in suites and (f["suite"], f["name"]) in old_by]
+    pairs = [(f, o, compare(f, o)) for f, o in pairs]
+    flagged = [(f, o, w) for f, o, w in pairs if w > WORSE and not not_compared(f)]
     # Measure each flagged figure once more (a custom bench reruns whole).
     again = {}
     if flagged and not args.no_rerun:
@@ -560,11 +558,7 @@ def check(args):
                 again[(g["suite"], g["name"])] = g
     verdicts = {"ok": 0, "regression": 0, "unclear": 0, "not compared": 0}
     rows = []
-    for f in fresh["figures"]:
-        o = old_by.get((f["suite"], f["name"]))
-        if not o or f["suite"] not in suites:
-            continue
-        w = compare(f, o)
+    for f, o, w in pairs:
         why = labelled("this run", disturbed(f)) or labelled("the recorded run", disturbed(o))
         verdict = "ok"
         if not_compared(f):
@@ -653,7 +647,8 @@ def main():
         missing = [s for s in SUITES if not suite_figures(results, s)]
         if missing:
             sys.exit(f"the run has no figures for {', '.join(missing)}: record a whole run")
-        shutil.copyfile(args.results, RECORDED)
+        if Path(args.results).resolve() != RECORDED.resolve():
+            shutil.copyfile(args.results, RECORDED)
         rewrite_readme(results)
         print(f"recorded {args.results} as {RECORDED.relative_to(ROOT)} and rewrote the README's tables")
     elif args.cmd == "check":
