@@ -8,10 +8,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cert;
 pub mod frame;
 pub mod tls;
 mod transport;
 
+pub use cert::{CertInfo, CertRole};
 pub use tls::{Identity, PemPair, TlsError};
 pub use transport::{
     ClientConnection, PeerStats, QuicConfig, QuicError, QuicTransport, Started, connect_client,

@@ -7,10 +7,11 @@
 //! id a peer claims in its hello is the one its certificate names. Only the `ring`
 //! crypto provider is used, and it is passed explicitly everywhere.
 
+use crate::cert::CertRole;
 use raft_proto::NodeId;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -97,16 +98,10 @@ fn issue(
 ) -> Result<PemPair, TlsError> {
     let ca_key = KeyPair::from_pem(&ca.key)?;
     let issuer = Issuer::new(ca_params(), &ca_key);
+    let common_name = names.first().cloned().unwrap_or_default();
     let mut params = CertificateParams::new(names)?;
     let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        params
-            .subject_alt_names
-            .first()
-            .map(|n| format!("{n:?}"))
-            .unwrap_or_default(),
-    );
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     tune(&mut params);
@@ -124,9 +119,19 @@ pub fn issue_node(ca: &PemPair, id: NodeId) -> Result<PemPair, TlsError> {
     issue(ca, vec![node_name(id), SERVER_NAME.to_string()], |_| {})
 }
 
-/// Issues a client certificate from `ca`, valid for `client-<name>.raft`.
-pub fn issue_client(ca: &PemPair, name: &str) -> Result<PemPair, TlsError> {
-    issue(ca, vec![format!("client-{name}.raft")], |_| {})
+/// Issues a client certificate from `ca`, valid for `client-<name>.raft`, with `role`
+/// (a `raft://role/<role>` URI; see [`crate::cert`]). [`CertRole::Node`] is not a
+/// client role: it is issued as [`CertRole::Client`].
+pub fn issue_client(ca: &PemPair, name: &str, role: CertRole) -> Result<PemPair, TlsError> {
+    let role = match role {
+        CertRole::Node => CertRole::Client,
+        r => r,
+    };
+    issue(ca, vec![format!("client-{name}.raft")], |p| {
+        if let Ok(uri) = role.uri().try_into() {
+            p.subject_alt_names.push(SanType::URI(uri));
+        }
+    })
 }
 
 /// Issues node `id`'s certificate with a validity window (for tests of expiry).

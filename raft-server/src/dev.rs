@@ -2,6 +2,7 @@
 
 use crate::config::ServerConfig;
 use raft_net_quic::tls::{self, PemPair};
+use raft_net_quic::{CertInfo, CertRole};
 use raft_proto::NodeId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,12 +53,12 @@ pub fn load_or_create_ca(dir: &Path) -> Result<(PemPair, bool), CertsError> {
 }
 
 /// Issues and writes `node<id>.crt`/`.key` for each node and `client-<name>.crt`/`.key`
-/// for each client, signed by the CA in `dir` (created if absent). Returns the files
-/// written.
+/// for each client, with its role, signed by the CA in `dir` (created if absent).
+/// Returns the files written.
 pub fn make_certs(
     dir: &Path,
     nodes: &[u64],
-    clients: &[String],
+    clients: &[(String, CertRole)],
 ) -> Result<Vec<PathBuf>, CertsError> {
     let (ca, new) = load_or_create_ca(dir)?;
     let io = |source| CertsError::Io {
@@ -78,16 +79,23 @@ pub fn make_certs(
         .map_err(io)?;
         written.extend([c, k]);
     }
-    for name in clients {
+    for (name, role) in clients {
         let (c, k) = tls::write_pem(
             dir,
             &format!("client-{name}"),
-            &tls::issue_client(&ca, name)?,
+            &tls::issue_client(&ca, name, *role)?,
         )
         .map_err(io)?;
         written.extend([c, k]);
     }
     Ok(written)
+}
+
+/// The role of the certificate in `path`, if it can be read.
+fn role_of(path: &Path) -> Option<CertRole> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
+    CertInfo::parse(&der).ok().map(|i| i.role)
 }
 
 /// How a CLI client reaches a cluster: node addresses and its certificate. `dev`
@@ -163,10 +171,12 @@ impl DevLayout {
             .copied()
             .filter(|id| !certs.join(format!("node{id}.crt")).exists())
             .collect();
-        let clients = if self.client.cert.exists() {
+        // The CLI's certificate is an administrator's, so the whole tour works (one
+        // written before roles existed is issued again).
+        let clients = if role_of(&self.client.cert) == Some(CertRole::Admin) {
             vec![]
         } else {
-            vec!["dev".to_string()]
+            vec![("dev".to_string(), CertRole::Admin)]
         };
         make_certs(&certs, &missing, &clients)?;
         let mut paths = Vec::new();

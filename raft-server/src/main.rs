@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout)]
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use raft_net_quic::CertRole;
 use raft_net_quic::Identity;
 use raft_proto::{Bytes, NodeId};
 use raft_server::dev::{ClientFile, DevLayout, make_certs};
@@ -72,9 +73,13 @@ enum Command {
         /// Node ids, e.g. 1,2,3.
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<u64>,
-        /// Client names, e.g. admin,app.
+        /// Client names, e.g. app,web: certificates with the client role (keys only).
         #[arg(long, value_delimiter = ',')]
         clients: Vec<String>,
+        /// Administrator names, e.g. ops: client certificates with the admin role
+        /// (keys and cluster administration).
+        #[arg(long, value_delimiter = ',')]
+        admins: Vec<String>,
     },
 }
 
@@ -314,7 +319,13 @@ fn main() -> ExitCode {
                 out,
                 nodes,
                 clients,
+                admins,
             } => {
+                let clients: Vec<(String, CertRole)> = clients
+                    .into_iter()
+                    .map(|c| (c, CertRole::Client))
+                    .chain(admins.into_iter().map(|a| (a, CertRole::Admin)))
+                    .collect();
                 let files = make_certs(&out, &nodes, &clients).map_err(|e| e.to_string())?;
                 for f in files {
                     println!("wrote {}", f.display());

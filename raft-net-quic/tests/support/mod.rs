@@ -40,7 +40,8 @@ impl Pki {
     }
 
     pub fn client(&self, name: &str) -> Identity {
-        Identity::from_pem(&self.ca.cert, &tls::issue_client(&self.ca, name).unwrap()).unwrap()
+        let pair = tls::issue_client(&self.ca, name, raft_net_quic::CertRole::Client).unwrap();
+        Identity::from_pem(&self.ca.cert, &pair).unwrap()
     }
 }
 

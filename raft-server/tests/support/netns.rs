@@ -260,7 +260,7 @@ impl NetCluster {
                 &certs.display().to_string(),
                 "--nodes",
                 &ids.join(","),
-                "--clients",
+                "--admins",
                 "test",
             ],
         )?;

@@ -296,7 +296,7 @@ impl PowerCluster {
                 &path_str(&certs),
                 "--nodes",
                 "1,2,3",
-                "--clients",
+                "--admins",
                 "test",
             ],
             &dir,
