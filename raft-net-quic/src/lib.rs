@@ -16,8 +16,8 @@ mod transport;
 pub use cert::{CertInfo, CertRole};
 pub use tls::{Identity, PemPair, TlsError};
 pub use transport::{
-    ClientConnection, PeerStats, QuicConfig, QuicError, QuicTransport, Started, connect_client,
-    delay,
+    ClientConnection, ClientLimits, PeerStats, QuicConfig, QuicError, QuicTransport, Started,
+    connect_client, delay,
 };
 #[cfg(feature = "tokio")]
 pub use transport::{TokioHandle, tokio_runtime};

@@ -33,6 +33,16 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// The transport settings of a connection that is not from a known peer.
+fn client_transport_config(limits: ClientLimits) -> quinn::TransportConfig {
+    let mut t = transport_config();
+    t.max_concurrent_bidi_streams(limits.max_bidi_streams.into())
+        .max_concurrent_uni_streams(limits.max_uni_streams.into())
+        .receive_window(limits.receive_window.into())
+        .stream_receive_window((limits.receive_window / 2).into());
+    t
+}
+
 /// How a node's transport is set up.
 #[derive(Clone, Debug)]
 pub struct QuicConfig {
@@ -70,6 +80,35 @@ pub struct QuicConfig {
     /// cannot spend the node's CPU on handshakes it cannot finish in time; peers are
     /// never refused.
     pub max_client_handshakes: usize,
+    /// What a connection from an address that is not a known peer may use (a client,
+    /// or a node joining): QUIC stream and flow-control limits. Peers keep quinn's
+    /// defaults, which a snapshot stream needs.
+    pub client_limits: ClientLimits,
+}
+
+/// QUIC limits of a connection from an address that is not a known peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Bidirectional streams open at once (MAX_STREAMS). A joining node's hello and a
+    /// client's lane take one each.
+    pub max_bidi_streams: u32,
+    /// Unidirectional streams open at once (a joining node's raft and snapshot
+    /// streams).
+    pub max_uni_streams: u32,
+    /// Bytes the other side may send before the node reads them, on the whole
+    /// connection; each stream may hold up to half of it.
+    pub receive_window: u32,
+}
+
+impl Default for ClientLimits {
+    /// 16 bidirectional and 4 unidirectional streams, 256 KiB buffered per connection.
+    fn default() -> Self {
+        ClientLimits {
+            max_bidi_streams: 16,
+            max_uni_streams: 4,
+            receive_window: 256 << 10,
+        }
+    }
 }
 
 impl QuicConfig {
@@ -96,6 +135,7 @@ impl QuicConfig {
             accept_clients: false,
             admit_unknown_peers: false,
             max_client_handshakes: 32,
+            client_limits: ClientLimits::default(),
         }
     }
 }
@@ -287,6 +327,9 @@ struct Inner {
     endpoint: quinn::Endpoint,
     runtime: Arc<dyn quinn::Runtime>,
     client_config: quinn::ClientConfig,
+    /// The server side for connections that are not from a known peer (the limits of
+    /// `config.client_limits`).
+    client_server_config: Arc<quinn::ServerConfig>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     incoming: mpsc::Sender<(NodeId, Message)>,
     clients: Option<mpsc::Sender<quinn::Connection>>,
@@ -319,8 +362,11 @@ impl QuicTransport {
         let server_tls = tls::server_config(&config.identity, &alpns)?;
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| QuicError::Crypto(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        let server_crypto = Arc::new(server_crypto);
+        let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
         server.transport_config(Arc::new(transport_config()));
+        let mut client_server = quinn::ServerConfig::with_crypto(server_crypto);
+        client_server.transport_config(Arc::new(client_transport_config(config.client_limits)));
         let client_tls = tls::client_config(&config.identity, ALPN_RAFT)?;
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
             .map_err(|e| QuicError::Crypto(e.to_string()))?;
@@ -356,6 +402,7 @@ impl QuicTransport {
             endpoint,
             runtime,
             client_config,
+            client_server_config: Arc::new(client_server),
             peers: Mutex::new(HashMap::new()),
             incoming: incoming_tx,
             clients: clients_tx,
@@ -608,8 +655,16 @@ impl Inner {
                 }
             }
             let inner = self.clone();
+            let connecting = if from_peer {
+                incoming.accept()
+            } else {
+                incoming.accept_with(self.client_server_config.clone())
+            };
             self.runtime.spawn(Box::pin(async move {
-                let handshake = incoming.await;
+                let handshake = match connecting {
+                    Ok(connecting) => connecting.await,
+                    Err(e) => Err(e),
+                };
                 if !from_peer {
                     inner.client_handshakes.fetch_sub(1, Ordering::SeqCst);
                 }

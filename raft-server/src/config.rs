@@ -76,9 +76,39 @@ pub struct ServerConfig {
     /// heartbeat round a quorum acknowledged (see raft_core::ReadMode).
     #[serde(default = "defaults::lease_clock_drift_ticks")]
     pub lease_clock_drift_ticks: u32,
-    /// Client writes in flight on this node before new ones are refused as busy.
+    /// Client requests (reads, writes, sessions and admin operations) in progress on
+    /// this node at once; beyond it a request is refused as busy.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: u64,
+    /// Bytes of client requests held at once: request frames being read or waiting
+    /// for their answer, and read answers (values and scans) not yet handed to the
+    /// connection. Beyond it a request is refused as busy, before its body is read.
+    #[serde(default = "defaults::max_request_bytes_in_flight")]
+    pub max_request_bytes_in_flight: u64,
+    /// How long a client may take to send a whole request frame once its first byte
+    /// arrived (and, on a stream that carries one request, from the stream's opening).
+    /// A slower one is cut off.
+    #[serde(default = "defaults::frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// Client connections open on this node at once; beyond it a new one is closed
+    /// after its handshake with "busy".
+    #[serde(default = "defaults::max_client_connections")]
+    pub max_client_connections: u64,
+    /// Client connections open at once per client identity (the certificate's name).
+    #[serde(default = "defaults::max_connections_per_client")]
+    pub max_connections_per_client: u64,
+    /// Streams a client may have open on one connection at once (QUIC's
+    /// MAX_STREAMS); a client's lane is one.
+    #[serde(default = "defaults::max_streams_per_connection")]
+    pub max_streams_per_connection: u64,
+    /// Bytes a client may send on one connection before the node has read them (QUIC's
+    /// connection flow-control window; each stream gets half).
+    #[serde(default = "defaults::client_receive_window_bytes")]
+    pub client_receive_window_bytes: u64,
+    /// Open client sessions the cluster keeps; registering one more expires the one
+    /// idle longest first. Applied by every node from the leader's value in the log.
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: u64,
     /// How long a client request may take on the server before it answers "outcome
     /// unknown".
     #[serde(default = "defaults::request_timeout_ms")]
@@ -120,6 +150,32 @@ mod defaults {
     pub(super) fn max_in_flight() -> u64 {
         8192
     }
+    /// 64 MiB: 32 of the largest requests (two 1 MiB values in a compare-and-swap)
+    /// at once, and ~300,000 typical 200-byte ones.
+    pub(super) fn max_request_bytes_in_flight() -> u64 {
+        64 << 20
+    }
+    pub(super) fn frame_timeout_ms() -> u64 {
+        10_000
+    }
+    /// Above the 1,024 connections of the overload test and `bench --clients 1024`.
+    pub(super) fn max_client_connections() -> u64 {
+        2048
+    }
+    pub(super) fn max_connections_per_client() -> u64 {
+        1536
+    }
+    pub(super) fn max_streams_per_connection() -> u64 {
+        16
+    }
+    /// Bytes buffered per connection before the node reads them: with 2,048 client
+    /// connections, at most 512 MiB in all.
+    pub(super) fn client_receive_window_bytes() -> u64 {
+        256 << 10
+    }
+    pub(super) fn max_sessions() -> u64 {
+        100_000
+    }
     pub(super) fn request_timeout_ms() -> u64 {
         10_000
     }
@@ -150,6 +206,13 @@ impl ServerConfig {
             lease_reads: false,
             lease_clock_drift_ticks: defaults::lease_clock_drift_ticks(),
             max_in_flight: defaults::max_in_flight(),
+            max_request_bytes_in_flight: defaults::max_request_bytes_in_flight(),
+            frame_timeout_ms: defaults::frame_timeout_ms(),
+            max_client_connections: defaults::max_client_connections(),
+            max_connections_per_client: defaults::max_connections_per_client(),
+            max_streams_per_connection: defaults::max_streams_per_connection(),
+            client_receive_window_bytes: defaults::client_receive_window_bytes(),
+            max_sessions: defaults::max_sessions(),
             request_timeout_ms: defaults::request_timeout_ms(),
             snapshot_entries: defaults::snapshot_entries(),
         }
@@ -220,6 +283,17 @@ impl ServerConfig {
             ("tick_ms", self.tick_ms),
             ("max_in_flight", self.max_in_flight),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("frame_timeout_ms", self.frame_timeout_ms),
+            ("max_client_connections", self.max_client_connections),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection,
+            ),
+            ("max_sessions", self.max_sessions),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{what} must be more than 0")));
@@ -255,6 +329,22 @@ impl ServerConfig {
                 self.max_value_bytes
             )));
         }
+        // The largest request the limits allow: a compare-and-swap of a key and two
+        // values, with room for the encoding.
+        if self.max_request_bytes_in_flight < self.request_frame_limit() {
+            return Err(ConfigError::Invalid(format!(
+                "max_request_bytes_in_flight is {}; it must hold at least one request of the largest size ({} bytes: max_key_bytes + 2 * max_value_bytes + 4096)",
+                self.max_request_bytes_in_flight,
+                self.request_frame_limit()
+            )));
+        }
+        if self.client_receive_window_bytes < 16 << 10 || self.client_receive_window_bytes > 1 << 30
+        {
+            return Err(ConfigError::Invalid(format!(
+                "client_receive_window_bytes is {}; it must be between 16 KiB and 1 GiB",
+                self.client_receive_window_bytes
+            )));
+        }
         let metrics = match &self.metrics {
             Some(m) => Some(resolve(m).map_err(|detail| ConfigError::Address {
                 what: "metrics".into(),
@@ -270,6 +360,15 @@ impl ServerConfig {
             metrics,
             config: self.clone(),
         })
+    }
+
+    /// The largest client request frame accepted: a compare-and-swap of the largest
+    /// key and two of the largest values, with 4 KiB for the encoding. A frame that
+    /// announces more is refused before anything is allocated.
+    pub fn request_frame_limit(&self) -> u64 {
+        self.max_key_bytes
+            .saturating_add(self.max_value_bytes.saturating_mul(2))
+            .saturating_add(4096)
     }
 
     /// One Raft tick.

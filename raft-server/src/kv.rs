@@ -23,8 +23,20 @@
 //! s <client_id>          -> session: last active ms, ttl ms
 //! e <expires ms> <id>    -> (the expiry index)
 //! r <client_id> <seq>    -> the response of a request not yet acknowledged
+//! o <client_id>          -> the session's owner (SHA-256 of a certificate name)
+//! n                      -> the number of open sessions (u64 BE; absent in a store
+//!                           written before it existed: counted once, then kept)
 //! m <node id>            -> a node's address
 //! ```
+//!
+//! **Owners.** A session registered with `RegisterOwned` belongs to the certificate
+//! name that registered it; an `OwnedWrite` from another name is refused with
+//! [`ServerError::SessionNotOwned`] and changes nothing. Session ids are log indexes:
+//! predictable, and that is harmless, because knowing one grants nothing. A session
+//! opened by the older `Register` has no owner until its first `OwnedWrite`, which
+//! claims it. At most `max_sessions` sessions are open; registering one more expires
+//! the one that would expire first (the one idle longest, as every session of a
+//! cluster has the same time to live).
 
 use crate::proto::{Response, ServerError, SessionRef, WriteOp, WriteResult, Written};
 use raft_proto::{Bytes, NodeId};
@@ -75,6 +87,37 @@ pub enum Body {
     },
     /// Only moves the clock (expires sessions); a leader may propose it when idle.
     Tick,
+    /// Opens a session owned by the client identity `owner`; when `max_sessions` are
+    /// open, the one idle longest is expired first. (Replaces `Register`, which is
+    /// still applied from older logs.)
+    RegisterOwned {
+        /// The session's time to live.
+        ttl_ms: u64,
+        /// The SHA-256 of the registering certificate's principal (see [`owner_of`]).
+        owner: [u8; 32],
+        /// The most sessions kept (the proposing leader's setting).
+        max_sessions: u64,
+    },
+    /// A write in a session, by the client identity `owner`: refused, and not applied,
+    /// when the session belongs to another identity.
+    OwnedWrite {
+        /// The requester (see [`owner_of`]).
+        owner: [u8; 32],
+        /// The session.
+        session: SessionRef,
+        /// The write.
+        op: WriteOp,
+    },
+}
+
+/// The owner a session records: the SHA-256 of the certificate's principal (its name,
+/// `client-<name>.raft`), so a renewed certificate keeps its holder's sessions and any
+/// other certificate is refused.
+pub fn owner_of(principal: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, principal.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 impl KvCommand {
@@ -268,8 +311,12 @@ pub fn addresses(view: &View<'_>) -> Result<Vec<(NodeId, String)>, LmdbError> {
     Ok(out)
 }
 
-/// The number of open sessions.
+/// The number of open sessions: one read (a store written before the count existed
+/// is counted by a scan, until its first session opens or expires).
 pub fn session_count(view: &View<'_>) -> Result<u64, LmdbError> {
+    if let Some(n) = view.sessions.get(view.txn, b"n")? {
+        return Ok(read_u64(n));
+    }
     let mut n = 0;
     for item in view.sessions.prefix_iter(view.txn, b"s")? {
         item?;
@@ -300,10 +347,99 @@ impl Kv {
         }
         for (index_key, id) in due {
             cx.sessions.delete(cx.txn, &index_key)?;
-            cx.sessions.delete(cx.txn, &sys_key(b's', &[id]))?;
-            Self::drop_responses(cx, id, u64::MAX)?;
+            Self::close_session(cx, id)?;
         }
         Ok(())
+    }
+
+    /// Removes session `id` (its expiry index entry is the caller's), its owner and
+    /// responses, and counts it out.
+    fn close_session(cx: &mut ApplyContext<'_, '_>, id: u64) -> Result<(), LmdbError> {
+        if cx.sessions.delete(cx.txn, &sys_key(b's', &[id]))?
+            && let Some(n) = cx.sessions.get(cx.txn, b"n")?.map(read_u64)
+        {
+            cx.sessions.put(cx.txn, b"n", &be(n.saturating_sub(1)))?;
+        }
+        cx.sessions.delete(cx.txn, &sys_key(b'o', &[id]))?;
+        Self::drop_responses(cx, id, u64::MAX)?;
+        Ok(())
+    }
+
+    /// The number of open sessions, from the count (kept from now on if it was not).
+    fn count_sessions(cx: &mut ApplyContext<'_, '_>) -> Result<u64, LmdbError> {
+        if let Some(n) = cx.sessions.get(cx.txn, b"n")? {
+            return Ok(read_u64(n));
+        }
+        let mut n = 0u64;
+        for item in cx.sessions.prefix_iter(cx.txn, b"s")? {
+            item?;
+            n += 1;
+        }
+        cx.sessions.put(cx.txn, b"n", &be(n))?;
+        Ok(n)
+    }
+
+    /// Opens session `id` (the log index of its entry), expiring the sessions that
+    /// would expire first while `max_sessions` are open.
+    fn open_session(
+        cx: &mut ApplyContext<'_, '_>,
+        now: u64,
+        ttl_ms: u64,
+        owner: Option<[u8; 32]>,
+        max_sessions: u64,
+    ) -> Result<u64, LmdbError> {
+        let id = cx.log_id.index.0;
+        let mut open = Self::count_sessions(cx)?;
+        let mut evicted = 0;
+        // A lowered limit is reached over several registrations, a bounded amount of
+        // work per entry.
+        while open >= max_sessions.max(1) && evicted < EXPIRE_PER_ENTRY {
+            evicted += 1;
+            let first = match cx.sessions.prefix_iter(cx.txn, b"e")?.next() {
+                Some(item) => item?.0.to_vec(),
+                None => break,
+            };
+            cx.sessions.delete(cx.txn, &first)?;
+            if first.len() == 17 {
+                Self::close_session(cx, read_u64(&first[9..17]))?;
+            }
+            open = Self::count_sessions(cx)?;
+        }
+        Self::put_session(
+            cx,
+            id,
+            &SessionRecord {
+                last_active_ms: now,
+                ttl_ms,
+                cached: 0,
+                acked_below: 0,
+            },
+            None,
+        )?;
+        cx.sessions.put(cx.txn, b"n", &be(open + 1))?;
+        if let Some(owner) = owner {
+            cx.sessions.put(cx.txn, &sys_key(b'o', &[id]), &owner)?;
+        }
+        Ok(id)
+    }
+
+    /// Whether `owner` may use session `id`: it owns it, or the session has no owner
+    /// yet (opened by `Register`) and is claimed now.
+    fn check_owner(
+        cx: &mut ApplyContext<'_, '_>,
+        id: u64,
+        owner: &[u8; 32],
+    ) -> Result<bool, LmdbError> {
+        let key = sys_key(b'o', &[id]);
+        match cx.sessions.get(cx.txn, &key)? {
+            Some(recorded) => Ok(recorded == owner.as_slice()),
+            None => {
+                if cx.sessions.get(cx.txn, &sys_key(b's', &[id]))?.is_some() {
+                    cx.sessions.put(cx.txn, &key, owner)?;
+                }
+                Ok(true)
+            }
+        }
     }
 
     /// Drops the cached responses of session `id` numbered below `below`; returns how
@@ -474,19 +610,28 @@ impl Machine for Kv {
         Self::expire(cx, now)?;
         let response = match command.body {
             Body::Register { ttl_ms } => {
-                let id = cx.log_id.index.0;
-                Self::put_session(
-                    cx,
-                    id,
-                    &SessionRecord {
-                        last_active_ms: now,
-                        ttl_ms,
-                        cached: 0,
-                        acked_below: 0,
-                    },
-                    None,
-                )?;
-                Response::Registered { client_id: id }
+                let client_id = Self::open_session(cx, now, ttl_ms, None, u64::MAX)?;
+                Response::Registered { client_id }
+            }
+            Body::RegisterOwned {
+                ttl_ms,
+                owner,
+                max_sessions,
+            } => {
+                let client_id = Self::open_session(cx, now, ttl_ms, Some(owner), max_sessions)?;
+                Response::Registered { client_id }
+            }
+            Body::OwnedWrite { owner, session, op } => {
+                if Self::check_owner(cx, session.client_id, &owner)? {
+                    Self::write_in_session(cx, now, session, &op)?
+                } else {
+                    Response::Written(Written {
+                        index: cx.log_id.index.0,
+                        result: WriteResult::Refused(ServerError::SessionNotOwned(
+                            session.client_id,
+                        )),
+                    })
+                }
             }
             Body::Write {
                 session: Some(s),

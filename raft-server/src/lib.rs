@@ -20,6 +20,7 @@
 //! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
 
 pub mod bench;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod data_dir;

@@ -106,6 +106,11 @@ pub struct ServerMetrics {
     pub requests_ok: Counter,
     /// Client requests that failed.
     pub requests_failed: Counter,
+    /// Client requests refused because a bound was reached (in flight, bytes).
+    pub requests_busy: Counter,
+    /// Client connections closed after their handshake because a connection limit
+    /// was reached.
+    pub connections_refused: Counter,
     /// Leader changes this node observed.
     pub leader_changes: Counter,
     /// Snapshots built here.
@@ -133,6 +138,8 @@ impl Default for ServerMetrics {
             proposal_failures: Counter::default(),
             requests_ok: Counter::default(),
             requests_failed: Counter::default(),
+            requests_busy: Counter::default(),
+            connections_refused: Counter::default(),
             leader_changes: Counter::default(),
             snapshots: Counter::default(),
             snapshots_installed: Counter::default(),
@@ -190,6 +197,18 @@ impl ServerMetrics {
             "raft_client_requests_failed_total",
             "Client requests answered with an error.",
             &self.requests_failed,
+        );
+        c(
+            out,
+            "raft_client_requests_busy_total",
+            "Client requests refused as busy: too many in flight, or the byte budget spent.",
+            &self.requests_busy,
+        );
+        c(
+            out,
+            "raft_client_connections_refused_total",
+            "Client connections closed because a connection limit was reached.",
+            &self.connections_refused,
         );
         c(
             out,

@@ -9,8 +9,11 @@
 //! - **One request per stream**: a [`Request`] frame, answered by one [`Response`]
 //!   frame, then the stream ends (for tools that send a single request).
 
+use crate::budget::{ByteBudget, Reservation};
 use raft_proto::{Bytes, NodeId};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +288,16 @@ pub enum ServerError {
     /// change refused, ...); not applied.
     #[error("{0}")]
     Failed(String),
+    /// The client's certificate does not carry the role the operation needs; not
+    /// applied.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The session belongs to another client identity (the certificate name that
+    /// registered it); not applied. Register a session of your own.
+    #[error(
+        "session {0} belongs to another client; this request was not applied (register a session of your own)"
+    )]
+    SessionNotOwned(u64),
 }
 
 impl ServerError {
@@ -339,6 +352,148 @@ pub fn encode_into<T: Serialize>(
     let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     Ok(())
+}
+
+/// Why a client's request frame was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream ended between frames.
+    #[error("the stream ended")]
+    Finished,
+    /// The stream broke, or ended inside a frame.
+    #[error("reading a frame: {0}")]
+    Stream(String),
+    /// The frame announced more than the limit; nothing was allocated or read.
+    #[error("a frame of {len} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// The length announced.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The frame did not arrive whole within the frame timeout.
+    #[error("the frame did not arrive within {0:?}")]
+    Timeout(Duration),
+    /// The node's request byte budget was spent: the frame was read past and dropped.
+    #[error(
+        "this node holds {limit} bytes of requests in flight; a request of {len} bytes must wait"
+    )]
+    Busy {
+        /// The frame's length.
+        len: u64,
+        /// The budget.
+        limit: u64,
+        /// The lane id the frame carried, if its first bytes held one.
+        tag: Option<u64>,
+    },
+}
+
+/// What bounds the reading of a client's request frames.
+#[derive(Clone, Debug)]
+pub struct FrameLimits {
+    /// The largest frame body accepted.
+    pub max: u64,
+    /// How long a frame may take to arrive once started.
+    pub timeout: Duration,
+    /// The bytes of requests the node holds at once.
+    pub budget: Arc<ByteBudget>,
+}
+
+/// Bytes reserved for a request beyond its frame: its decoded form and answer.
+pub const REQUEST_OVERHEAD: u64 = 512;
+
+/// The lane id of a [`Tagged`] frame, from its first bytes (the format version, then
+/// the id as a varint).
+pub fn peek_tag(prefix: &[u8]) -> Option<u64> {
+    let (&version, rest) = prefix.split_first()?;
+    if version != raft_proto::FORMAT_VERSION {
+        return None;
+    }
+    postcard::take_from_bytes::<u64>(rest)
+        .ok()
+        .map(|(id, _)| id)
+}
+
+/// Reads a client's request frame, incrementally: the memory it takes grows with the
+/// bytes that arrived, never with the length announced. A length over `limits.max` is
+/// refused at once; a frame that finds the byte budget spent is read past (its first
+/// bytes kept for [`peek_tag`] when `tagged`) and refused as busy.
+///
+/// `header` is the length prefix when the caller read it already. The frame must be
+/// whole by `deadline`; with none, the wait for its first byte is unbounded (a lane
+/// between requests) and the frame timeout starts then.
+pub async fn read_request(
+    recv: &mut quinn::RecvStream,
+    limits: &FrameLimits,
+    header: Option<[u8; 4]>,
+    deadline: Option<tokio::time::Instant>,
+    tagged: bool,
+) -> Result<(Vec<u8>, Reservation), FrameError> {
+    let stream = |e: &dyn std::fmt::Display| FrameError::Stream(e.to_string());
+    let mut len = header.unwrap_or_default();
+    let mut got = if header.is_some() { 4 } else { 0 };
+    let deadline = match deadline {
+        Some(d) => d,
+        None => {
+            match recv.read(&mut len).await.map_err(|e| stream(&e))? {
+                Some(n) => got = n,
+                None => return Err(FrameError::Finished),
+            }
+            tokio::time::Instant::now() + limits.timeout
+        }
+    };
+    let read = async {
+        while got < 4 {
+            match recv.read(&mut len[got..]).await.map_err(|e| stream(&e))? {
+                Some(n) => got += n,
+                None => return Err(stream(&"the stream ended inside a frame header")),
+            }
+        }
+        let n = u64::from(u32::from_le_bytes(len));
+        if n > limits.max {
+            return Err(FrameError::TooLarge {
+                len: n,
+                limit: limits.max,
+            });
+        }
+        let Some(reservation) = limits.budget.try_reserve(n + REQUEST_OVERHEAD) else {
+            let mut prefix = Vec::new();
+            let mut left = n;
+            while left > 0 {
+                let chunk = next_chunk(recv, left).await?.bytes;
+                if tagged && prefix.len() < 16 {
+                    let take = chunk.len().min(16 - prefix.len());
+                    prefix.extend_from_slice(&chunk[..take]);
+                }
+                left = left.saturating_sub(chunk.len() as u64);
+            }
+            return Err(FrameError::Busy {
+                len: n,
+                limit: limits.budget.limit(),
+                tag: if tagged { peek_tag(&prefix) } else { None },
+            });
+        };
+        let mut body = Vec::with_capacity(usize::try_from(n.min(64 << 10)).unwrap_or(0));
+        while (body.len() as u64) < n {
+            let chunk = next_chunk(recv, n - body.len() as u64).await?;
+            body.extend_from_slice(&chunk.bytes);
+        }
+        Ok((body, reservation))
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(FrameError::Timeout(limits.timeout)),
+    }
+}
+
+/// The next bytes of a frame, at most `left`.
+async fn next_chunk(recv: &mut quinn::RecvStream, left: u64) -> Result<quinn::Chunk, FrameError> {
+    let want = usize::try_from(left).unwrap_or(usize::MAX);
+    match recv.read_chunk(want, true).await {
+        Ok(Some(chunk)) => Ok(chunk),
+        Ok(None) => Err(FrameError::Stream("the stream ended inside a frame".into())),
+        Err(e) => Err(FrameError::Stream(e.to_string())),
+    }
 }
 
 /// Reads one length-prefixed frame from a stream, refusing one over [`MAX_FRAME`].

@@ -1,11 +1,13 @@
 //! One KV server node: LMDB stores, the QUIC transport (peers and clients on one UDP
 //! port), the Raft `Node`, the client request handler, address bookkeeping, metrics.
 
+use crate::budget::{ByteBudget, Reservation};
 use crate::config::{ConfigError, Validated};
 use crate::kv::{self, Body, Kv, KvCommand};
 use crate::metrics::{self, Exposition, ServerMetrics, sample};
 use crate::proto::{
-    self, AdminOp, Consistency, ReadOp, Request, Response, ServerError, Status, Tagged, WriteResult,
+    self, AdminOp, Consistency, FrameError, FrameLimits, REQUEST_OVERHEAD, ReadOp, Request,
+    Response, ServerError, Status, Tagged, WriteResult,
 };
 use raft_core::node::{
     Environment, LogStore, MachineState, Metrics, Node, NodeOptions, NodeState, SnapshotTask,
@@ -13,10 +15,12 @@ use raft_core::node::{
 };
 use raft_core::rt::tokio::TokioRuntime;
 use raft_core::{ConfChange, Config, Persist, ProposeError, ReadError, Role};
-use raft_net_quic::{Identity, QuicConfig, QuicError, QuicTransport, Started};
+use raft_net_quic::{
+    CertInfo, CertRole, ClientLimits, Identity, QuicConfig, QuicError, QuicTransport, Started,
+};
 use raft_proto::{Bytes, Entry, LogId, LogIndex, Membership, NodeId, SnapshotMeta};
 use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -179,10 +183,57 @@ struct Shared {
     sm: LmdbStateMachine<Kv>,
     transport: Arc<QuicTransport>,
     metrics: Arc<ServerMetrics>,
+    /// Client requests in progress (`max_in_flight`).
     in_flight: Semaphore,
+    /// How request frames are read: size, time and the node's byte budget
+    /// (`max_request_bytes_in_flight`).
+    limits: FrameLimits,
+    /// Client connections open, in all and per identity.
+    connections: std::sync::Mutex<Connections>,
     /// Every address known: the config's peers, then what the log recorded.
     addresses: RwLock<BTreeMap<NodeId, SocketAddr>>,
 }
+
+/// Who sent a request: read from the connection's verified certificate.
+struct Caller {
+    info: CertInfo,
+    /// The sessions it may use (see [`kv::owner_of`]).
+    owner: [u8; 32],
+}
+
+/// Client connections open on a node.
+#[derive(Default)]
+struct Connections {
+    total: u64,
+    per_client: HashMap<String, u64>,
+}
+
+/// A client connection's place in [`Connections`], given back when dropped.
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    principal: String,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_client.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_client.remove(&self.principal);
+            }
+        }
+    }
+}
+
+/// The QUIC application close code of a connection refused because a connection
+/// limit was reached (the reason says which).
+pub const CLOSE_BUSY: u32 = 2;
 
 /// A running server node.
 pub struct Server {
@@ -226,6 +277,11 @@ impl Server {
         }
         let mut quic = QuicConfig::new(config.id, config.listen, BTreeMap::new(), identity);
         quic.accept_clients = true;
+        quic.client_limits = ClientLimits {
+            max_bidi_streams: u32::try_from(c.max_streams_per_connection).unwrap_or(u32::MAX),
+            max_uni_streams: ClientLimits::default().max_uni_streams,
+            receive_window: u32::try_from(c.client_receive_window_bytes).unwrap_or(u32::MAX),
+        };
         // A joining node also admits members its configuration does not list (added
         // after it was written); they are the ones that contact it.
         quic.admit_unknown_peers = c.join;
@@ -278,6 +334,12 @@ impl Server {
                     .unwrap_or(usize::MAX)
                     .min(Semaphore::MAX_PERMITS),
             ),
+            limits: FrameLimits {
+                max: c.request_frame_limit(),
+                timeout: Duration::from_millis(c.frame_timeout_ms),
+                budget: ByteBudget::new(c.max_request_bytes_in_flight),
+            },
+            connections: std::sync::Mutex::new(Connections::default()),
             config: config.clone(),
             node,
             sm,
@@ -359,105 +421,236 @@ impl Shared {
         }
     }
 
+    /// Takes a place for a connection of `principal`, or says which limit is reached.
+    fn admit(self: &Arc<Self>, principal: &str) -> Result<ConnectionSlot, String> {
+        let c = &self.config.config;
+        let mut conns = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if conns.total >= c.max_client_connections {
+            return Err(format!(
+                "busy: {} client connections are open on this node (max_client_connections)",
+                conns.total
+            ));
+        }
+        let mine = conns.per_client.get(principal).copied().unwrap_or(0);
+        if mine >= c.max_connections_per_client {
+            return Err(format!(
+                "busy: {mine} connections of {principal} are open on this node (max_connections_per_client)"
+            ));
+        }
+        conns.total += 1;
+        conns.per_client.insert(principal.to_string(), mine + 1);
+        Ok(ConnectionSlot {
+            shared: self.clone(),
+            principal: principal.to_string(),
+        })
+    }
+
     async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
         let remote = conn.remote_address();
-        tracing::debug!(node = %self.id, %remote, "client connected");
+        let info = match raft_net_quic::cert::peer_certificate(&conn).map(|c| CertInfo::parse(&c)) {
+            Some(Ok(info)) => info,
+            Some(Err(e)) => {
+                tracing::warn!(node = %self.id, %remote, error = %e, "closing a client connection: its certificate is unreadable");
+                conn.close(1u32.into(), b"unreadable certificate");
+                return;
+            }
+            None => {
+                conn.close(1u32.into(), b"no client certificate");
+                return;
+            }
+        };
+        let _slot = match self.admit(&info.principal) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                tracing::debug!(node = %self.id, %remote, client = %info.principal, reason, "refused a client connection");
+                self.metrics.connections_refused.inc();
+                conn.close(CLOSE_BUSY.into(), reason.as_bytes());
+                return;
+            }
+        };
+        tracing::debug!(node = %self.id, %remote, client = %info.principal, role = %info.role, "client connected");
+        let caller = Arc::new(Caller {
+            owner: kv::owner_of(&info.principal),
+            info,
+        });
         while let Ok((send, recv)) = conn.accept_bi().await {
-            tokio::spawn(self.clone().serve_stream(send, recv));
+            tokio::spawn(self.clone().serve_stream(caller.clone(), send, recv));
         }
     }
 
     /// A stream is a lane (it opens with [`proto::LANE_PREAMBLE`]) or carries one
-    /// request.
-    async fn serve_stream(self: Arc<Self>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    /// request; either way its first bytes must come within the frame timeout.
+    async fn serve_stream(
+        self: Arc<Self>,
+        caller: Arc<Caller>,
+        send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let mut first = [0u8; 4];
-        if recv.read_exact(&mut first).await.is_err() {
+        if !matches!(
+            tokio::time::timeout_at(deadline, recv.read_exact(&mut first)).await,
+            Ok(Ok(()))
+        ) {
+            let _ = recv.stop(1u32.into());
             return;
         }
         if first == proto::LANE_PREAMBLE[..4] {
             let mut rest = [0u8; 4];
-            if recv.read_exact(&mut rest).await.is_ok() && rest == proto::LANE_PREAMBLE[4..] {
-                self.serve_lane(send, recv).await;
+            let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut rest)).await;
+            if matches!(read, Ok(Ok(()))) && rest == proto::LANE_PREAMBLE[4..] {
+                self.serve_lane(caller, send, recv).await;
+            } else {
+                let _ = recv.stop(1u32.into());
             }
             return;
         }
-        self.serve_one(send, recv, first).await;
+        self.serve_one(caller, send, recv, first, deadline).await;
     }
 
-    /// One request on its own stream, whose length prefix `len` was read.
+    /// One request on its own stream, whose length prefix `len` was read; the whole
+    /// frame must be in by `deadline`.
     async fn serve_one(
         self: Arc<Self>,
+        caller: Arc<Caller>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         len: [u8; 4],
+        deadline: tokio::time::Instant,
     ) {
-        let response = match proto::read_frame_body(&mut recv, len).await {
-            Err(e) => Response::Error(ServerError::Invalid(e)),
-            Ok(body) => match proto::decode::<Request>(&body) {
-                Err(e) => {
-                    Response::Error(ServerError::Invalid(format!("undecodable request: {e}")))
+        let mut held = Vec::new();
+        let read = proto::read_request(&mut recv, &self.limits, Some(len), Some(deadline), false);
+        let response = match read.await {
+            Err(e) => {
+                let _ = recv.stop(1u32.into());
+                Response::Error(self.frame_refused(&caller, e))
+            }
+            Ok((body, reservation)) => {
+                held.push(reservation);
+                match proto::decode::<Request>(&body) {
+                    Err(e) => {
+                        Response::Error(ServerError::Invalid(format!("undecodable request: {e}")))
+                    }
+                    Ok(request) => self.answer(&caller, request, &mut held).await,
                 }
-                Ok(request) => self.answer(request).await,
-            },
+            }
         };
         match proto::encode(&response) {
             Ok(frame) => {
-                let _ = send.write_all(&frame).await;
-                let _ = send.finish();
+                let write = tokio::time::timeout(self.limits.timeout, send.write_all(&frame));
+                if matches!(write.await, Ok(Ok(()))) {
+                    let _ = send.finish();
+                }
             }
             Err(e) => tracing::error!(node = %self.id, error = %e, "cannot encode a response"),
+        }
+    }
+
+    /// What a client hears about a request frame that was not read, and the log line.
+    fn frame_refused(&self, caller: &Caller, e: FrameError) -> ServerError {
+        tracing::debug!(node = %self.id, client = %caller.info.principal, error = %e, "refused a request frame");
+        match e {
+            FrameError::Busy { .. } => {
+                self.metrics.requests_busy.inc();
+                ServerError::Busy(e.to_string())
+            }
+            FrameError::TooLarge { len, limit } => ServerError::TooLarge {
+                what: "request".into(),
+                size: len,
+                limit,
+            },
+            other => ServerError::Invalid(other.to_string()),
         }
     }
 
     /// A lane: requests are read by a task of their own and answered as they complete,
     /// the answers ready at the same time written together. At most
     /// [`LANE_IN_FLIGHT`] requests of a lane are in progress; beyond that the lane is
-    /// not read (QUIC's flow control then holds the client back).
-    async fn serve_lane(self: Arc<Self>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let (requests, mut incoming) =
-            tokio::sync::mpsc::channel::<Tagged<Request>>(LANE_IN_FLIGHT);
-        let id = self.id;
+    /// not read (QUIC's flow control then holds the client back). Every request holds
+    /// its bytes of the node's budget until its answer is written; one that finds the
+    /// budget spent is answered busy. A frame over the size limit, one that takes
+    /// longer than the frame timeout, or answers the client does not read for that
+    /// long, close the lane.
+    async fn serve_lane(
+        self: Arc<Self>,
+        caller: Arc<Caller>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        enum Item {
+            Request(Tagged<Request>, Reservation),
+            Refused(Tagged<Response>),
+        }
+        let (requests, mut incoming) = tokio::sync::mpsc::channel::<Item>(LANE_IN_FLIGHT);
+        let reader_shared = self.clone();
+        let reader_caller = caller.clone();
         let reader = tokio::spawn(async move {
+            let (server, caller) = (reader_shared, reader_caller);
             loop {
-                let body = match proto::read_frame(&mut recv).await {
-                    Ok(body) => body,
-                    Err(_) => return, // the client closed the lane, or broke it
-                };
-                match proto::decode::<Tagged<Request>>(&body) {
-                    Ok(request) => {
-                        if requests.send(request).await.is_err() {
+                let item = match proto::read_request(&mut recv, &server.limits, None, None, true)
+                    .await
+                {
+                    Ok((body, reservation)) => match proto::decode::<Tagged<Request>>(&body) {
+                        Ok(request) => Item::Request(request, reservation),
+                        Err(e) => {
+                            tracing::debug!(node = %server.id, client = %caller.info.principal, error = %e, "closing a lane: undecodable request");
+                            let _ = recv.stop(1u32.into());
                             return;
                         }
-                    }
+                    },
+                    Err(e @ FrameError::Busy { tag: Some(id), .. }) => Item::Refused(Tagged {
+                        id,
+                        body: Response::Error(server.frame_refused(&caller, e)),
+                    }),
+                    Err(FrameError::Finished) => return,
                     Err(e) => {
-                        tracing::debug!(node = %id, error = %e, "closing a lane: undecodable request");
+                        let _ = server.frame_refused(&caller, e);
                         let _ = recv.stop(1u32.into());
                         return;
                     }
+                };
+                if requests.send(item).await.is_err() {
+                    return;
                 }
             }
         });
         let mut pending = futures::stream::FuturesUnordered::new();
         let mut out = Vec::new();
+        let mut held: Vec<Reservation> = Vec::new();
         let mut open = true;
         loop {
             tokio::select! {
-                request = incoming.recv(), if open && pending.len() < LANE_IN_FLIGHT => match request {
-                    Some(Tagged { id, body }) => {
+                item = incoming.recv(), if open && pending.len() < LANE_IN_FLIGHT => match item {
+                    Some(Item::Request(Tagged { id, body }, reservation)) => {
                         let server = self.clone();
-                        pending.push(async move { Tagged { id, body: server.answer(body).await } });
+                        let caller = caller.clone();
+                        pending.push(async move {
+                            let mut held = vec![reservation];
+                            let body = server.answer(&caller, body, &mut held).await;
+                            (Tagged { id, body }, held)
+                        }.boxed());
+                    }
+                    Some(Item::Refused(answer)) => {
+                        pending.push(async move { (answer, Vec::new()) }.boxed());
                     }
                     None => open = false,
                 },
-                Some(answer) = pending.next(), if !pending.is_empty() => {
+                Some((answer, h)) = pending.next(), if !pending.is_empty() => {
                     self.encode_answer(&answer, &mut out);
-                    while let Some(Some(answer)) = pending.next().now_or_never() {
+                    held.extend(h);
+                    while let Some(Some((answer, h))) = pending.next().now_or_never() {
                         self.encode_answer(&answer, &mut out);
+                        held.extend(h);
                     }
-                    if send.write_all(&out).await.is_err() {
+                    let write = tokio::time::timeout(self.limits.timeout, send.write_all(&out));
+                    if !matches!(write.await, Ok(Ok(()))) {
                         break;
                     }
                     out.clear();
+                    held.clear();
                 }
                 else => break,
             }
@@ -482,17 +675,32 @@ impl Shared {
         }
     }
 
-    /// Handles a request within the request timeout, and counts it.
-    async fn answer(&self, request: Request) -> Response {
+    /// Handles a request within the request timeout, and counts it. Bytes the answer
+    /// holds (a value read) are added to `held`, given back once it is written.
+    async fn answer(
+        &self,
+        caller: &Caller,
+        request: Request,
+        held: &mut Vec<Reservation>,
+    ) -> Response {
         let started = Instant::now();
+        let m = &self.metrics;
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            m.requests_busy.inc();
+            m.requests_failed.inc();
+            return Response::Error(ServerError::Busy(format!(
+                "{} requests in flight on this node",
+                self.config.config.max_in_flight
+            )));
+        };
         let timeout = Duration::from_millis(self.config.config.request_timeout_ms);
-        let response = match tokio::time::timeout(timeout, self.handle(request)).await {
+        let response = match tokio::time::timeout(timeout, self.handle(caller, request, held)).await
+        {
             Ok(r) => r,
             Err(_) => Response::Error(ServerError::Unknown(format!(
                 "no outcome within {timeout:?} on the server"
             ))),
         };
-        let m = &self.metrics;
         m.request_seconds.observe_duration(started.elapsed());
         if matches!(response, Response::Error(_)) {
             m.requests_failed.inc()
@@ -502,27 +710,68 @@ impl Shared {
         response
     }
 
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(
+        &self,
+        caller: &Caller,
+        request: Request,
+        held: &mut Vec<Reservation>,
+    ) -> Response {
         let result = match request {
             Request::Register => {
-                let ttl_ms = self.config.config.session_ttl_secs.saturating_mul(1000);
-                self.propose(Body::Register { ttl_ms }).await
+                let c = &self.config.config;
+                self.propose(Body::RegisterOwned {
+                    ttl_ms: c.session_ttl_secs.saturating_mul(1000),
+                    owner: caller.owner,
+                    max_sessions: c.max_sessions,
+                })
+                .await
             }
             Request::Write { session, op } => match self.check_sizes(&op) {
                 Err(e) => Err(e),
-                Ok(()) => self.propose(Body::Write { session, op }).await,
+                Ok(()) => match session {
+                    Some(session) => {
+                        self.propose(Body::OwnedWrite {
+                            owner: caller.owner,
+                            session,
+                            op,
+                        })
+                        .await
+                    }
+                    None => self.propose(Body::Write { session, op }).await,
+                },
             },
-            Request::Read { op, consistency } => self.read(op, consistency).await,
-            Request::Admin(op) => self.admin(op).await,
+            Request::Read { op, consistency } => self.read(op, consistency, held).await,
+            Request::Admin(op) => match self.authorize(caller, &op) {
+                Ok(()) => self.admin(op).await,
+                Err(e) => Err(e),
+            },
         };
         match result {
             Ok(Response::Written(w)) => match w.result {
-                WriteResult::Refused(e) => Response::Error(e),
+                WriteResult::Refused(e) => {
+                    if let ServerError::SessionNotOwned(id) = e {
+                        tracing::warn!(node = %self.id, client = %caller.info.principal, session = id, "refused a write in another client's session");
+                    }
+                    Response::Error(e)
+                }
                 _ => Response::Written(w),
             },
             Ok(r) => r,
             Err(e) => Response::Error(e),
         }
+    }
+
+    /// Whether `caller` may carry out `op`: a status is anyone's; everything else
+    /// changes the cluster and needs the admin role.
+    fn authorize(&self, caller: &Caller, op: &AdminOp) -> Result<(), ServerError> {
+        if matches!(op, AdminOp::Status) || caller.info.role == CertRole::Admin {
+            return Ok(());
+        }
+        tracing::warn!(node = %self.id, client = %caller.info.principal, role = %caller.info.role, ?op, "refused an admin operation");
+        Err(ServerError::Forbidden(format!(
+            "this operation needs the admin role; certificate CN={} has role {}",
+            caller.info.common_name, caller.info.role
+        )))
     }
 
     fn check_sizes(&self, op: &proto::WriteOp) -> Result<(), ServerError> {
@@ -550,12 +799,6 @@ impl Shared {
 
     /// Proposes a command and decodes the state machine's response.
     async fn propose(&self, body: Body) -> Result<Response, ServerError> {
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(ServerError::Busy(format!(
-                "{} requests in flight on this node",
-                self.config.config.max_in_flight
-            )));
-        };
         let command = KvCommand {
             time_ms: now_ms(),
             body,
@@ -597,7 +840,12 @@ impl Shared {
         &self.node
     }
 
-    async fn read(&self, op: ReadOp, consistency: Consistency) -> Result<Response, ServerError> {
+    async fn read(
+        &self,
+        op: ReadOp,
+        consistency: Consistency,
+        held: &mut Vec<Reservation>,
+    ) -> Result<Response, ServerError> {
         if consistency == Consistency::Linearizable {
             match self.node.read().await {
                 Ok(_) => {}
@@ -617,27 +865,51 @@ impl Shared {
             // A point read from LMDB's map takes microseconds: here, not on another
             // thread (a hand-off costs more than the read).
             ReadOp::Get { key } => {
-                return self
+                let value = self
                     .sm
                     .read(|view| kv::get(view.txn, view.data, &key))
-                    .map(|value| Response::Value {
-                        value: value.map(Bytes::from),
-                    })
-                    .map_err(|e| ServerError::Failed(format!("read failed: {e}")));
+                    .map_err(|e| ServerError::Failed(format!("read failed: {e}")))?;
+                let size = value.as_ref().map_or(0, |v| v.len() as u64);
+                if size > REQUEST_OVERHEAD {
+                    held.push(self.limits.budget.try_reserve(size).ok_or_else(|| {
+                        self.metrics.requests_busy.inc();
+                        ServerError::Busy(format!(
+                            "this node holds {} bytes of requests and answers in flight; a value of {size} bytes must wait",
+                            self.limits.budget.limit()
+                        ))
+                    })?);
+                }
+                return Ok(Response::Value {
+                    value: value.map(Bytes::from),
+                });
             }
             ReadOp::Scan { start, end, limit } => (start, end, limit),
         };
+        // The answer is at most what the budget holds for it: 64 KiB to half a frame.
+        let room = self
+            .limits
+            .budget
+            .reserve_up_to(64 << 10, (proto::MAX_FRAME / 2) as u64)
+            .ok_or_else(|| {
+                self.metrics.requests_busy.inc();
+                ServerError::Busy(format!(
+                    "this node holds {} bytes of requests and answers in flight; a scan must wait",
+                    self.limits.budget.limit()
+                ))
+            })?;
+        let max_bytes = usize::try_from(room.bytes()).unwrap_or(usize::MAX);
+        held.push(room);
         // A scan may walk thousands of keys: on the blocking pool.
         let sm = self.sm.clone();
         let read = tokio::task::spawn_blocking(move || {
             sm.read(|view| {
                 let (mut items, mut more) =
                     kv::scan(view, &start, end.as_deref(), limit.min(MAX_SCAN) as usize)?;
-                // Keep the answer within one frame.
+                // Keep the answer within one frame and the bytes reserved for it.
                 let mut size = 0;
                 if let Some(cut) = items.iter().position(|(k, v)| {
                     size += k.len() + v.len() + 16;
-                    size > proto::MAX_FRAME / 2
+                    size > max_bytes
                 }) {
                     items.truncate(cut.max(1));
                     more = true;

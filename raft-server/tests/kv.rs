@@ -309,3 +309,126 @@ fn keys_up_to_4_kib_are_stored_and_scanned_in_order() {
     assert_eq!(m.get(&keys[3]), None);
     assert_eq!(m.scan(b"", None, 100).0.len(), keys.len() - 1);
 }
+
+fn owned_register(m: &mut Machine, time_ms: u64, owner: &str, max_sessions: u64) -> u64 {
+    let body = Body::RegisterOwned {
+        ttl_ms: 60_000,
+        owner: kv::owner_of(owner),
+        max_sessions,
+    };
+    match m.apply(time_ms, body) {
+        Response::Registered { client_id } => client_id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn owned_write(
+    m: &mut Machine,
+    time_ms: u64,
+    owner: &str,
+    session: (u64, u64),
+    op: WriteOp,
+) -> Response {
+    m.apply(
+        time_ms,
+        Body::OwnedWrite {
+            owner: kv::owner_of(owner),
+            session: SessionRef {
+                client_id: session.0,
+                seq: session.1,
+                acked_below: 0,
+            },
+            op,
+        },
+    )
+}
+
+fn session_count(m: &Machine) -> u64 {
+    m.sm.read(kv::session_count).unwrap()
+}
+
+/// Security model: a session belongs to the certificate name that registered it. A
+/// thief using the victim's session and next sequence number is refused and nothing is
+/// applied, so the victim's own request with that number is applied (not answered
+/// from a cache the thief filled).
+#[test]
+fn a_session_is_refused_to_another_client_and_nothing_is_applied() {
+    let mut m = Machine::new();
+    let victim = owned_register(&mut m, 1_000, "client-victim.raft", 100);
+    let w = owned_write(
+        &mut m,
+        1_001,
+        "client-victim.raft",
+        (victim, 1),
+        append("k", "a"),
+    );
+    assert_eq!(written(&w).result, WriteResult::Appended { len: 1 });
+    let stolen = owned_write(
+        &mut m,
+        1_002,
+        "client-thief.raft",
+        (victim, 2),
+        append("k", "THIEF"),
+    );
+    match written(&stolen).result {
+        WriteResult::Refused(ServerError::SessionNotOwned(id)) => assert_eq!(id, victim),
+        ref other => panic!("the thief's write was not refused: {other:?}"),
+    }
+    assert_eq!(m.get(b"k"), Some(b"a".to_vec()), "nothing applied");
+    let own = owned_write(
+        &mut m,
+        1_003,
+        "client-victim.raft",
+        (victim, 2),
+        append("k", "b"),
+    );
+    assert_eq!(
+        written(&own).result,
+        WriteResult::Appended { len: 2 },
+        "the victim's request with that number is applied, not answered from a cache"
+    );
+    assert_eq!(m.get(b"k"), Some(b"ab".to_vec()));
+}
+
+/// A session opened before owners existed (`Register`) is claimed by its first owned
+/// write; another name is refused from then on.
+#[test]
+fn a_legacy_session_is_claimed_by_its_first_owned_write() {
+    let mut m = Machine::new();
+    let id = m.register(1_000, 60_000);
+    let first = owned_write(&mut m, 1_001, "client-a.raft", (id, 1), append("k", "a"));
+    assert_eq!(written(&first).result, WriteResult::Appended { len: 1 });
+    let other = owned_write(&mut m, 1_002, "client-b.raft", (id, 2), append("k", "b"));
+    assert!(matches!(
+        written(&other).result,
+        WriteResult::Refused(ServerError::SessionNotOwned(_))
+    ));
+}
+
+/// Security model: sessions are capped; registering one more expires the one idle
+/// longest, and the count is kept without scanning the table.
+#[test]
+fn registering_beyond_the_cap_expires_the_session_idle_longest() {
+    let mut m = Machine::new();
+    let a = owned_register(&mut m, 1_000, "client-a.raft", 2);
+    let b = owned_register(&mut m, 1_001, "client-b.raft", 2);
+    // `a` is used again, so `b` is the one idle longest.
+    let w = owned_write(&mut m, 1_002, "client-a.raft", (a, 1), append("k", "a"));
+    assert_eq!(written(&w).result, WriteResult::Appended { len: 1 });
+    assert_eq!(session_count(&m), 2);
+    let c = owned_register(&mut m, 1_003, "client-c.raft", 2);
+    assert_eq!(session_count(&m), 2, "the cap holds");
+    let on_b = owned_write(&mut m, 1_004, "client-b.raft", (b, 1), append("b", "x"));
+    assert_eq!(
+        written(&on_b).result,
+        WriteResult::Refused(ServerError::SessionExpired(b)),
+        "b was expired"
+    );
+    for (owner, id) in [("client-a.raft", a), ("client-c.raft", c)] {
+        let w = owned_write(&mut m, 1_005, owner, (id, 7), append("z", "1"));
+        assert!(matches!(written(&w).result, WriteResult::Appended { .. }));
+    }
+    // Expiry by time counts sessions out too.
+    m.apply(200_000, Body::Tick);
+    assert_eq!(session_count(&m), 0, "both expired by log time");
+}

@@ -19,9 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// The binary under test: `RAFT_SERVER_BIN` when set (CI points the hostile-client
+/// suite at the release build), else the one cargo built for these tests.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_raft-server"))
+    match std::env::var_os("RAFT_SERVER_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_raft-server")),
+    }
 }
 
 /// Process tests share two cores: one cluster at a time keeps their timing honest.
