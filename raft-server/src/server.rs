@@ -4,7 +4,7 @@
 use crate::budget::{ByteBudget, Reservation};
 use crate::config::{ConfigError, Validated};
 use crate::kv::{self, Body, Kv, KvCommand};
-use crate::metrics::{self, Exposition, ServerMetrics, sample};
+use crate::metrics::{self, Exposition, Health, NodeSample, ServerMetrics};
 use crate::proto::{
     self, AdminOp, Consistency, FrameError, FrameLimits, REQUEST_OVERHEAD, ReadOp, Request,
     Response, ServerError, Status, Tagged, WriteResult,
@@ -22,7 +22,6 @@ use raft_proto::{Bytes, Entry, LogId, LogIndex, Membership, NodeId, SnapshotMeta
 use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1054,7 +1053,7 @@ impl Shared {
             let Ok(Ok((recorded, sessions))) = read else {
                 continue;
             };
-            self.metrics.sessions.store(sessions, Ordering::Relaxed);
+            self.metrics.sessions.set(sessions);
             for (id, addr) in &recorded {
                 if let Ok(a) = crate::config::resolve(addr) {
                     self.learn_address(*id, a);
@@ -1092,147 +1091,32 @@ fn role_name(m: &Metrics) -> String {
 }
 
 impl Exposition for Shared {
-    fn metrics(&self) -> String {
-        let m = self.node.metrics().get();
-        let mut out = String::new();
-        let g = |out: &mut String, name: &str, help: &str, v: f64| {
-            sample(out, "gauge", name, help, "", v)
-        };
-        g(
-            &mut out,
-            "raft_is_leader",
-            "1 if this node is the leader.",
-            f64::from(u8::from(m.role == Role::Leader)),
-        );
-        g(
-            &mut out,
-            "raft_term",
-            "The node's current term.",
-            m.term.0 as f64,
-        );
-        g(
-            &mut out,
-            "raft_leader_id",
-            "The leader this node knows (0: none).",
-            m.leader.map_or(0, |l| l.0) as f64,
-        );
-        g(
-            &mut out,
-            "raft_last_log_index",
-            "The last log index.",
-            m.last_log_id.index.0 as f64,
-        );
-        g(
-            &mut out,
-            "raft_commit_index",
-            "The commit index.",
-            m.committed.0 as f64,
-        );
-        g(
-            &mut out,
-            "raft_applied_index",
-            "The applied index.",
-            m.applied.0 as f64,
-        );
-        g(
-            &mut out,
-            "raft_snapshot_index",
-            "The newest snapshot's last index.",
-            m.snapshot.index.0 as f64,
-        );
-        g(
-            &mut out,
-            "raft_state_lost",
-            "1 while the state machine's state is lost (a damaged snapshot) and the node waits for a snapshot from the leader.",
-            f64::from(u8::from(m.state_lost)),
-        );
-        g(
-            &mut out,
-            "raft_voters",
-            "Voters in the configuration.",
-            m.membership.voters.len() as f64,
-        );
-        g(
-            &mut out,
-            "raft_learners",
-            "Learners in the configuration.",
-            m.membership.learners.len() as f64,
-        );
-        g(
-            &mut out,
-            "raft_running",
-            "1 while the node runs.",
-            f64::from(u8::from(m.state == NodeState::Running)),
-        );
-        for (id, matched) in &m.replication {
-            let labels = format!("{{peer=\"{id}\"}}");
-            sample(
-                &mut out,
-                "gauge",
-                "raft_follower_match_index",
-                "On a leader: each follower's match index.",
-                &labels,
-                matched.0 as f64,
-            );
-        }
-        for p in self.transport.stats() {
-            let labels = format!("{{peer=\"{}\"}}", p.id);
-            sample(
-                &mut out,
-                "gauge",
-                "raft_peer_connected",
-                "1 if the connection to the peer is up.",
-                &labels,
-                f64::from(u8::from(p.connected)),
-            );
-            sample(
-                &mut out,
-                "counter",
-                "raft_peer_dropped_total",
-                "Messages to the peer dropped because its queue was full.",
-                &labels,
-                p.dropped as f64,
-            );
-            sample(
-                &mut out,
-                "counter",
-                "raft_peer_sent_frames_total",
-                "Frames written to the peer.",
-                &labels,
-                p.sent_frames as f64,
-            );
-            sample(
-                &mut out,
-                "gauge",
-                "raft_peer_queued",
-                "Messages queued for the peer.",
-                &labels,
-                p.queued as f64,
-            );
-        }
-        sample(
-            &mut out,
-            "counter",
-            "raft_incoming_dropped_total",
-            "Incoming messages dropped because the node fell behind.",
-            "",
-            self.transport.dropped_incoming() as f64,
-        );
-        self.metrics.render(&mut out);
-        out
+    fn metrics(&self) -> Result<String, std::fmt::Error> {
+        let open = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .total;
+        self.metrics.client_connections.set(open);
+        self.metrics
+            .request_bytes_in_flight
+            .set(self.limits.budget.used());
+        self.metrics.encode(NodeSample {
+            node: self.node.metrics().get(),
+            peers: self.transport.stats(),
+            incoming_dropped: self.transport.dropped_incoming(),
+        })
     }
 
-    fn health(&self) -> (bool, String) {
+    fn health(&self) -> Health {
         let m = self.node.metrics().get();
-        let running = m.state == NodeState::Running;
-        let leader = m.leader.map_or("null".to_string(), |l| l.0.to_string());
-        let body = format!(
-            "{{\"id\":{},\"running\":{running},\"role\":\"{}\",\"term\":{},\"leader\":{leader},\"applied\":{}}}\n",
-            self.id.0,
-            role_name(&m).replace('"', "'"),
-            m.term.0,
-            m.applied.0
-        );
-        (running, body)
+        Health {
+            id: self.id.0,
+            running: m.state == NodeState::Running,
+            role: role_name(&m),
+            term: m.term.0,
+            leader: m.leader.map(|l| l.0),
+            applied: m.applied.0,
+        }
     }
 }
