@@ -363,13 +363,16 @@ pub enum FrameError {
     /// The stream broke, or ended inside a frame.
     #[error("reading a frame: {0}")]
     Stream(String),
-    /// The frame announced more than the limit; nothing was allocated or read.
+    /// The frame announced more than the limit; nothing was allocated. On a lane, a
+    /// frame up to [`MAX_FRAME`] was read past, so the lane goes on (`tag` is its id).
     #[error("a frame of {len} bytes is over the limit of {limit}")]
     TooLarge {
         /// The length announced.
         len: u64,
         /// The limit.
         limit: u64,
+        /// The lane id the frame carried, if it was read past.
+        tag: Option<u64>,
     },
     /// The frame did not arrive whole within the frame timeout.
     #[error("the frame did not arrive within {0:?}")]
@@ -451,26 +454,25 @@ pub async fn read_request(
         }
         let n = u64::from(u32::from_le_bytes(len));
         if n > limits.max {
+            // A lane's frame that is merely too large (a value over the limit) is read
+            // past, so its sender hears why; a larger one ends the lane.
+            let tag = if tagged && n <= MAX_FRAME as u64 {
+                skip(recv, n).await?
+            } else {
+                None
+            };
             return Err(FrameError::TooLarge {
                 len: n,
                 limit: limits.max,
+                tag,
             });
         }
         let Some(reservation) = limits.budget.try_reserve(n + REQUEST_OVERHEAD) else {
-            let mut prefix = Vec::new();
-            let mut left = n;
-            while left > 0 {
-                let chunk = next_chunk(recv, left).await?.bytes;
-                if tagged && prefix.len() < 16 {
-                    let take = chunk.len().min(16 - prefix.len());
-                    prefix.extend_from_slice(&chunk[..take]);
-                }
-                left = left.saturating_sub(chunk.len() as u64);
-            }
+            let tag = skip(recv, n).await?;
             return Err(FrameError::Busy {
                 len: n,
                 limit: limits.budget.limit(),
-                tag: if tagged { peek_tag(&prefix) } else { None },
+                tag: if tagged { tag } else { None },
             });
         };
         let mut body = Vec::with_capacity(usize::try_from(n.min(64 << 10)).unwrap_or(0));
@@ -484,6 +486,22 @@ pub async fn read_request(
         Ok(r) => r,
         Err(_) => Err(FrameError::Timeout(limits.timeout)),
     }
+}
+
+/// Reads past a frame body of `n` bytes without keeping it; the lane id in its first
+/// bytes, if they hold one.
+async fn skip(recv: &mut quinn::RecvStream, n: u64) -> Result<Option<u64>, FrameError> {
+    let mut prefix = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let chunk = next_chunk(recv, left).await?.bytes;
+        if prefix.len() < 16 {
+            let take = chunk.len().min(16 - prefix.len());
+            prefix.extend_from_slice(&chunk[..take]);
+        }
+        left = left.saturating_sub(chunk.len() as u64);
+    }
+    Ok(peek_tag(&prefix))
 }
 
 /// The next bytes of a frame, at most `left`.

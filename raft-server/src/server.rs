@@ -556,7 +556,7 @@ impl Shared {
                 self.metrics.requests_busy.inc();
                 ServerError::Busy(e.to_string())
             }
-            FrameError::TooLarge { len, limit } => ServerError::TooLarge {
+            FrameError::TooLarge { len, limit, .. } => ServerError::TooLarge {
                 what: "request".into(),
                 size: len,
                 limit,
@@ -600,7 +600,10 @@ impl Shared {
                             return;
                         }
                     },
-                    Err(e @ FrameError::Busy { tag: Some(id), .. }) => Item::Refused(Tagged {
+                    Err(
+                        e @ (FrameError::Busy { tag: Some(id), .. }
+                        | FrameError::TooLarge { tag: Some(id), .. }),
+                    ) => Item::Refused(Tagged {
                         id,
                         body: Response::Error(server.frame_refused(&caller, e)),
                     }),

@@ -211,6 +211,16 @@ async fn requests_over_the_size_limits_are_refused_before_they_reach_the_log() {
         "{r:?}"
     );
     eprintln!("{}", r.err().map(|e| e.to_string()).unwrap_or_default());
+    // A request over the frame limit (max_key_bytes + 2 * max_value_bytes + 4 KiB) is
+    // refused before the node keeps its body, and the lane goes on.
+    let r = client.put("huge", vec![b'v'; 50_000]).await;
+    assert!(
+        matches!(
+            &r,
+            Err(ClientError::Refused(ServerError::TooLarge { what, limit: 10_240, .. })) if what == "request"
+        ),
+        "{r:?}"
+    );
     let r = client.put(vec![b'k'; 5000], "v").await;
     assert!(
         matches!(
