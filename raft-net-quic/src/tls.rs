@@ -19,7 +19,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,6 +69,10 @@ pub enum TlsError {
         /// Its permission bits.
         mode: u32,
     },
+    /// An identity's own certificate is not one its holder can use (see
+    /// [`Identity::verify_own`]).
+    #[error("{0}")]
+    Unusable(String),
     /// The deny-list cannot be used.
     #[error("deny-list {path}: {source}")]
     DenyList {
@@ -317,6 +321,40 @@ impl Identity {
         self
     }
 
+    /// Checks the identity's own certificate as its peers will: it chains to a CA of
+    /// the identity's bundle, is valid now, is not on its deny-list and, for `node`,
+    /// names that node. Catches a rotation gone wrong (a certificate from another CA,
+    /// an expired one, another node's) before it is used.
+    pub fn verify_own(&self, node: Option<NodeId>) -> Result<(), TlsError> {
+        let Some((end_entity, intermediates)) = self.chain.split_first() else {
+            return Err(TlsError::Unusable("the certificate chain is empty".into()));
+        };
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+                .build()?;
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map_err(|e| {
+                TlsError::Unusable(format!(
+                    "it does not verify against the CA bundle ({e}); issue it from a CA in the bundle, within its validity"
+                ))
+            })?;
+        if self.deny.denies(end_entity) {
+            return Err(TlsError::Unusable(
+                "it is on the deny-list (revoked)".into(),
+            ));
+        }
+        if let Some(id) = node
+            && !names_node(end_entity, id)
+        {
+            return Err(TlsError::Unusable(format!(
+                "it does not name {} (issue node {id}'s own certificate)",
+                node_name(id)
+            )));
+        }
+        Ok(())
+    }
+
     fn roots(&self) -> Result<RootCertStore, TlsError> {
         let mut roots = RootCertStore::empty();
         for c in &self.ca {
@@ -442,7 +480,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::cert::CertInfo;
-    use rustls_pki_types::UnixTime;
 
     fn info(pem: &str) -> CertInfo {
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM");
@@ -603,6 +640,54 @@ mod tests {
             e.starts_with("acceptor:") && e.contains("certificate expired"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn verify_own_catches_a_rotation_gone_wrong() {
+        let ca = generate_ca().expect("CA");
+        let other_ca = generate_ca().expect("CA");
+        let id = |ca_pem: &str, pair: PemPair| Identity::from_pem(ca_pem, &pair).expect("identity");
+        let good = id(&ca.cert, issue_node(&ca, NodeId(1)).expect("node"));
+        good.verify_own(Some(NodeId(1)))
+            .expect("a node's own certificate");
+        let cases = [
+            (
+                id(&ca.cert, issue_node(&other_ca, NodeId(1)).expect("node")),
+                "does not verify",
+            ),
+            (
+                id(
+                    &ca.cert,
+                    issue_node_valid(
+                        &ca,
+                        NodeId(1),
+                        Validity::from_unix(1_577_836_800, 1_609_459_200),
+                    )
+                    .expect("node"),
+                ),
+                "does not verify",
+            ),
+            (
+                id(&ca.cert, issue_node(&ca, NodeId(2)).expect("node")),
+                "node-1.raft",
+            ),
+            (
+                good.clone()
+                    .with_deny_list(DenyList::parse(&fingerprint(&good)).expect("list")),
+                "deny-list",
+            ),
+        ];
+        for (identity, expected) in cases {
+            let e = identity
+                .verify_own(Some(NodeId(1)))
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(expected), "{e} (expected {expected:?})");
+        }
+        let bundle = format!("{}{}", other_ca.cert, ca.cert);
+        id(&bundle, issue_node(&ca, NodeId(1)).expect("node"))
+            .verify_own(Some(NodeId(1)))
+            .expect("a bundle: any of its CAs");
     }
 
     #[cfg(unix)]

@@ -16,10 +16,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`bench`] (the load generator), [`kv`] (the state machine and its sessions), [`proto`] (the client
+//! Modules: [`bench`] (the load generator), [`certificates`] (the node's TLS material, its reloads and expiry), [`kv`] (the state machine and its sessions), [`proto`] (the client
 //! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
 
 pub mod bench;
+pub mod certificates;
 pub mod client;
 pub mod config;
 pub mod data_dir;
