@@ -321,14 +321,20 @@ impl Identity {
         self
     }
 
-    /// Checks the identity's own certificate as its peers will: it chains to a CA of
-    /// the identity's bundle, is valid now, is not on its deny-list and, for `node`,
-    /// names that node. Catches a rotation gone wrong (a certificate from another CA,
+    /// Checks the identity's own certificate as its peers will: its private key
+    /// belongs to it, it chains to a CA of the identity's bundle, is valid now, is not
+    /// on its deny-list and, for `node`, names that node. Catches a rotation gone wrong (a certificate from another CA,
     /// an expired one, another node's) before it is used.
     pub fn verify_own(&self, node: Option<NodeId>) -> Result<(), TlsError> {
         let Some((end_entity, intermediates)) = self.chain.split_first() else {
             return Err(TlsError::Unusable("the certificate chain is empty".into()));
         };
+        rustls::sign::CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider())
+            .map_err(|e| {
+                TlsError::Unusable(format!(
+                    "the private key does not belong to it ({e}); install the key issued with it"
+                ))
+            })?;
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
                 .build()?;
@@ -448,32 +454,42 @@ pub fn load_deny_list(path: &Path) -> Result<DenyList, TlsError> {
     })
 }
 
-/// Writes a PEM pair to `<dir>/<stem>.crt` and `<dir>/<stem>.key`.
+/// Writes a PEM pair to `<dir>/<stem>.crt` and `<dir>/<stem>.key` (mode 0600 on
+/// Unix). Each file is replaced atomically (written to `<file>.tmp`, synced, renamed
+/// over it), so a node reloading its files never reads half of one; the key is
+/// replaced first, then the certificate.
 pub fn write_pem(dir: &Path, stem: &str, pair: &PemPair) -> std::io::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let cert = dir.join(format!("{stem}.crt"));
     let key = dir.join(format!("{stem}.key"));
-    std::fs::write(&cert, &pair.cert)?;
-    write_private(&key, pair.key.as_bytes())?;
+    replace_file(&key, pair.key.as_bytes(), true)?;
+    replace_file(&cert, pair.cert.as_bytes(), false)?;
     Ok((cert, key))
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn replace_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = options.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -647,7 +663,8 @@ mod tests {
         let ca = generate_ca().expect("CA");
         let other_ca = generate_ca().expect("CA");
         let id = |ca_pem: &str, pair: PemPair| Identity::from_pem(ca_pem, &pair).expect("identity");
-        let good = id(&ca.cert, issue_node(&ca, NodeId(1)).expect("node"));
+        let good_pair = issue_node(&ca, NodeId(1)).expect("node");
+        let good = id(&ca.cert, good_pair.clone());
         good.verify_own(Some(NodeId(1)))
             .expect("a node's own certificate");
         let cases = [
@@ -672,6 +689,16 @@ mod tests {
                 "node-1.raft",
             ),
             (
+                id(
+                    &ca.cert,
+                    PemPair {
+                        cert: good_pair.cert.clone(),
+                        key: issue_node(&ca, NodeId(1)).expect("node").key,
+                    },
+                ),
+                "private key does not belong",
+            ),
+            (
                 good.clone()
                     .with_deny_list(DenyList::parse(&fingerprint(&good)).expect("list")),
                 "deny-list",
@@ -688,6 +715,25 @@ mod tests {
         id(&bundle, issue_node(&ca, NodeId(1)).expect("node"))
             .verify_own(Some(NodeId(1)))
             .expect("a bundle: any of its CAs");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn write_pem_replaces_files_whole_and_keys_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let ca = generate_ca().expect("CA");
+        let dir = std::env::temp_dir().join(format!("raft-tls-write-{}", std::process::id()));
+        let first = issue_node(&ca, NodeId(1)).expect("node");
+        let (cert, key) = write_pem(&dir, "node1", &first).expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let second = issue_node(&ca, NodeId(1)).expect("node");
+        write_pem(&dir, "node1", &second).expect("write again");
+        assert_eq!(std::fs::read_to_string(&cert).expect("read"), second.cert);
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), second.key);
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a replaced key is private again");
+        assert!(!dir.join("node1.key.tmp").exists() && !dir.join("node1.crt.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[cfg(unix)]

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Less than this left on a certificate is logged as a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
+/// How long a change to the files must be left alone before they are read.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// How often the expiry warning is repeated while it applies.
 const WARNING_EVERY: Duration = Duration::from_secs(86_400);
 
@@ -70,15 +73,17 @@ pub enum CertFilesError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The certificate does not fit: another CA's, expired, revoked or another node's.
-    #[error("certificate {path} cannot be used by node {node}: {source}")]
+    #[error("certificate {path} (key {}) cannot be used by node {node}: {source}", key.display())]
     Unusable {
         /// The certificate file.
         path: PathBuf,
+        /// Its key file.
+        key: PathBuf,
         /// This node.
         node: NodeId,
         /// Why.
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     /// A certificate cannot be read as X.509.
     #[error("{path}: {source}")]
@@ -173,8 +178,9 @@ pub fn load(files: &CertFiles, node: NodeId) -> Result<Loaded, CertFilesError> {
         .verify_own(Some(node))
         .map_err(|source| CertFilesError::Unusable {
             path: files.cert.clone(),
+            key: files.key.clone(),
             node,
-            source,
+            source: Box::new(source),
         })?;
     let parse = |path: &Path, der| {
         CertInfo::parse(der).map_err(|source| CertFilesError::Parse {
@@ -191,8 +197,9 @@ pub fn load(files: &CertFiles, node: NodeId) -> Result<Loaded, CertFilesError> {
         .first()
         .ok_or_else(|| CertFilesError::Unusable {
             path: files.cert.clone(),
+            key: files.key.clone(),
             node,
-            source: TlsError::Unusable("the certificate chain is empty".into()),
+            source: Box::new(TlsError::Unusable("the certificate chain is empty".into())),
         })?;
     let info = parse(&files.cert, first)?;
     Ok(Loaded {
@@ -319,6 +326,9 @@ impl Certificates {
             let now = stamps(&self.files);
             let changed = *lock(&self.stamps) != now;
             if changed {
+                // Let a rotation that writes several files finish (a new certificate
+                // with the old key would fail to load, and be retried).
+                tokio::time::sleep(SETTLE).await;
                 let _ = self.reload("a certificate file changed");
             }
             if warned.elapsed() >= WARNING_EVERY {

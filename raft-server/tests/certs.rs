@@ -452,28 +452,19 @@ async fn rotated_node_certificates_are_used_without_a_restart_and_the_cluster_ke
     let left = expiry(&cluster, 1, "node") / DAY;
     assert!((19.0..=20.0).contains(&left), "node 1: {left} days");
     for id in 1..=3 {
+        let log = cluster.log(id);
         assert!(
-            cluster.log(id).contains("expires in less than 30 days"),
+            log.contains("expires in less than 30 days"),
             "node {id} warns about the short validity"
         );
+        // `certs` replaces each file whole, and the watcher lets a rotation settle.
+        assert!(!log.contains("certificate reload failed"), "node {id}");
     }
 
     progress(&acked, 50).await;
     // New connections get the new certificates.
-    let identity = client_identity(&cluster, "test");
     for (id, fp) in (1..=3).zip(&new) {
-        let conn = raft_net_quic::connect_client(
-            &identity,
-            cluster.addr(id),
-            raft_net_quic::tokio_runtime().expect("tokio"),
-        )
-        .await
-        .expect("connect");
-        let presented = raft_net_quic::cert::peer_certificate(&conn.connection)
-            .and_then(|c| CertInfo::parse(&c).ok())
-            .expect("the node's certificate")
-            .fingerprint();
-        assert_eq!(&presented, fp, "node {id}");
+        assert_eq!(&presented(&cluster, id).await, fp, "node {id}");
     }
     stop.store(true, Ordering::Relaxed);
     let failures = writer.await.expect("writer");
@@ -491,6 +482,96 @@ async fn rotated_node_certificates_are_used_without_a_restart_and_the_cluster_ke
         "{} writes acknowledged during the rotation",
         acked.load(Ordering::Relaxed)
     );
+}
+
+/// The fingerprint of the certificate node `id` presents to a new connection.
+async fn presented(cluster: &TestCluster, id: u64) -> String {
+    let conn = raft_net_quic::connect_client(
+        &client_identity(cluster, "test"),
+        cluster.addr(id),
+        raft_net_quic::tokio_runtime().expect("tokio"),
+    )
+    .await
+    .expect("connect");
+    raft_net_quic::cert::peer_certificate(&conn.connection)
+        .and_then(|c| CertInfo::parse(&c).ok())
+        .expect("the node's certificate")
+        .fingerprint()
+}
+
+/// A reload that cannot be used (a key of another certificate, then a deny-list with
+/// a bad line) is logged with its reason and changes nothing: the node keeps
+/// presenting its certificate and serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_fails_keeps_the_old_material_and_says_why() {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, with_deny_list);
+    let admin = cluster.client(Duration::from_secs(20));
+    cluster.wait_leader(&admin, &[1, 2, 3], LEADER_WAIT).await;
+    let certs = certs_dir(&cluster);
+    let fp = fingerprint(&certs.join("node2.crt"));
+    assert_eq!(presented(&cluster, 2).await, fp);
+    let stranger = tls::issue_node(&cluster_ca(&cluster), raft_proto::NodeId(2)).expect("issue");
+    let key = certs.join("node2.key");
+    let original_key = std::fs::read_to_string(&key).expect("key");
+    std::fs::write(&key, &stranger.key).expect("write a key of another certificate");
+    wait_log(
+        &cluster,
+        2,
+        "certificate reload failed",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let line = cluster
+        .log(2)
+        .lines()
+        .find(|l| l.contains("certificate reload failed"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    eprintln!("{line}");
+    assert!(
+        line.contains("node2.key") && line.contains("private key does not belong"),
+        "the reason: {line}"
+    );
+    assert_eq!(
+        presented(&cluster, 2).await,
+        fp,
+        "still the old certificate"
+    );
+    admin.put("after-bad-key", "1").await.expect("writes go on");
+
+    std::fs::write(&key, original_key).expect("restore the key");
+    wait_log(
+        &cluster,
+        2,
+        "reloaded the certificate",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let deny = certs.join("revoked.txt");
+    let app_fp = fingerprint(&certs.join("client-app.crt"));
+    std::fs::write(&deny, format!("{app_fp}\nnot a fingerprint\n")).expect("write");
+    for id in 1..=3 {
+        wait_log(
+            &cluster,
+            id,
+            "certificate reload failed",
+            if id == 2 { 2 } else { 1 },
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    assert!(
+        cluster.log(1).contains("line 2"),
+        "the reason names the line"
+    );
+    // The deny-list in use is the last good one (empty): app is not refused.
+    client_as(&cluster, "app")
+        .put("app", "1")
+        .await
+        .expect("a half-written deny-list revokes nothing");
 }
 
 /// A key file readable by others stops `run` before anything is created, naming the
