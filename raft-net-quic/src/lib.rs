@@ -10,11 +10,13 @@
 
 pub mod cert;
 pub mod frame;
+pub mod revocation;
 pub mod tls;
 mod transport;
 
 pub use cert::{CertInfo, CertRole};
-pub use tls::{Identity, PemPair, TlsError};
+pub use revocation::DenyList;
+pub use tls::{Identity, PemPair, TlsError, Validity};
 pub use transport::{
     ClientConnection, ClientLimits, PeerStats, QuicConfig, QuicError, QuicTransport, Started,
     connect_client, delay,

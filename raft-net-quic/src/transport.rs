@@ -53,7 +53,8 @@ pub struct QuicConfig {
     /// The other nodes and where they listen (more can be added with
     /// [`QuicTransport::add_peer`]).
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// The node's certificate, key and the cluster CA.
+    /// The node's certificate, key, the cluster CA and the deny-list, at start (see
+    /// [`QuicTransport::reload`] for later ones).
     pub identity: Identity,
     /// The largest frame accepted on read (a bigger one closes the stream).
     pub max_frame: usize,
@@ -326,10 +327,11 @@ struct Inner {
     config: QuicConfig,
     endpoint: quinn::Endpoint,
     runtime: Arc<dyn quinn::Runtime>,
-    client_config: quinn::ClientConfig,
+    /// How to dial peers; replaced by [`QuicTransport::reload`].
+    client_config: Mutex<quinn::ClientConfig>,
     /// The server side for connections that are not from a known peer (the limits of
-    /// `config.client_limits`).
-    client_server_config: Arc<quinn::ServerConfig>,
+    /// `config.client_limits`); replaced by [`QuicTransport::reload`].
+    client_server_config: Mutex<Arc<quinn::ServerConfig>>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     incoming: mpsc::Sender<(NodeId, Message)>,
     clients: Option<mpsc::Sender<quinn::Connection>>,
@@ -355,26 +357,11 @@ impl QuicTransport {
         config: QuicConfig,
         runtime: Arc<dyn quinn::Runtime>,
     ) -> Result<Started, QuicError> {
-        let mut alpns: Vec<&[u8]> = vec![ALPN_RAFT];
-        if config.accept_clients {
-            alpns.push(ALPN_CLIENT);
-        }
-        let server_tls = tls::server_config(&config.identity, &alpns)?;
-        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(|e| QuicError::Crypto(e.to_string()))?;
-        let server_crypto = Arc::new(server_crypto);
-        let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
-        server.transport_config(Arc::new(transport_config()));
-        let mut client_server = quinn::ServerConfig::with_crypto(server_crypto);
-        client_server.transport_config(Arc::new(client_transport_config(config.client_limits)));
-        let client_tls = tls::client_config(&config.identity, ALPN_RAFT)?;
-        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
-            .map_err(|e| QuicError::Crypto(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        // A peer that dies without closing is noticed within IDLE_TIMEOUT (a restarted
-        // one at once, through QUIC's stateless reset), then redialed.
-        let transport_config = Arc::new(transport_config());
-        client_config.transport_config(transport_config.clone());
+        let (server, client_server, client_config) = endpoint_configs(
+            &config.identity,
+            config.accept_clients,
+            config.client_limits,
+        )?;
         let socket =
             std::net::UdpSocket::bind(config.listen).map_err(|source| QuicError::Bind {
                 addr: config.listen,
@@ -401,8 +388,8 @@ impl QuicTransport {
             id: config.id,
             endpoint,
             runtime,
-            client_config,
-            client_server_config: Arc::new(client_server),
+            client_config: Mutex::new(client_config),
+            client_server_config: Mutex::new(Arc::new(client_server)),
             peers: Mutex::new(HashMap::new()),
             incoming: incoming_tx,
             clients: clients_tx,
@@ -424,6 +411,37 @@ impl QuicTransport {
             incoming: incoming_rx.boxed(),
             clients: clients_rx,
         })
+    }
+
+    /// Uses `identity` (certificate, key, CA bundle, deny-list) for every handshake
+    /// from now on, accepting and dialing: certificates can be rotated and revoked
+    /// without a restart. Connections already up stay up (TLS does not look at them
+    /// again), except a peer's whose certificate `identity`'s deny-list lists: that
+    /// one is closed, and its redial is refused. If `identity` cannot be used (a key
+    /// that does not match its certificate, an empty CA bundle), this returns the
+    /// error and changes nothing.
+    pub fn reload(&self, identity: &Identity) -> Result<(), QuicError> {
+        let (server, client_server, client) = endpoint_configs(
+            identity,
+            self.inner.config.accept_clients,
+            self.inner.config.client_limits,
+        )?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *lock(&self.inner.client_server_config) = Arc::new(client_server);
+        *lock(&self.inner.client_config) = client;
+        let peers: Vec<Arc<Peer>> = lock(&self.inner.peers).values().cloned().collect();
+        for peer in peers {
+            let Some(conn) = peer.connection() else {
+                continue;
+            };
+            if let Some(cert) = crate::cert::peer_certificate(&conn)
+                && identity.deny.denies(&cert)
+            {
+                tracing::warn!(node = %self.inner.id, peer = %peer.id, "closing the connection of a peer whose certificate is revoked");
+                conn.close(1u32.into(), b"certificate revoked");
+            }
+        }
+        Ok(())
     }
 
     /// The address the endpoint listens on.
@@ -618,7 +636,7 @@ impl Inner {
         let err = |detail: String| QuicError::Connect { addr, detail };
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), addr, &tls::node_name(id))
+            .connect_with(lock(&self.client_config).clone(), addr, &tls::node_name(id))
             .map_err(|e| err(e.to_string()))?;
         let conn = connecting.await.map_err(|e| err(e.to_string()))?;
         // The hello: with TLS 1.3 the peer's verdict on our certificate only shows
@@ -658,7 +676,7 @@ impl Inner {
             let connecting = if from_peer {
                 incoming.accept()
             } else {
-                incoming.accept_with(self.client_server_config.clone())
+                incoming.accept_with(lock(&self.client_server_config).clone())
             };
             self.runtime.spawn(Box::pin(async move {
                 let handshake = match connecting {
@@ -875,6 +893,44 @@ impl Inner {
             }
         }
     }
+}
+
+/// The endpoint's TLS settings for `identity`: accepting (ALPN `raft/1`, and
+/// `raft-client/1` with `accept_clients`) and dialing peers.
+fn endpoint_configs(
+    identity: &Identity,
+    accept_clients: bool,
+    client_limits: ClientLimits,
+) -> Result<
+    (
+        quinn::ServerConfig,
+        quinn::ServerConfig,
+        quinn::ClientConfig,
+    ),
+    QuicError,
+> {
+    let mut alpns: Vec<&[u8]> = vec![ALPN_RAFT];
+    if accept_clients {
+        alpns.push(ALPN_CLIENT);
+    }
+    let server_tls = tls::server_config(identity, &alpns)?;
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|e| QuicError::Crypto(e.to_string()))?;
+    let server_crypto = Arc::new(server_crypto);
+    let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
+    server.transport_config(Arc::new(transport_config()));
+    // The same TLS (certificate, CA bundle, deny-list), with a client's limits.
+    let mut client_server = quinn::ServerConfig::with_crypto(server_crypto);
+    client_server.transport_config(Arc::new(client_transport_config(client_limits)));
+    let client_tls = tls::client_config(identity, ALPN_RAFT)?;
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+        .map_err(|e| QuicError::Crypto(e.to_string()))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    // A peer that dies without closing is noticed within IDLE_TIMEOUT (a restarted
+    // one at once, through QUIC's stateless reset), then redialed.
+    let transport_config = Arc::new(transport_config());
+    client_config.transport_config(transport_config.clone());
+    Ok((server, client_server, client_config))
 }
 
 /// Whether a handshake ended because the other side gave up on it (it closed the

@@ -193,7 +193,13 @@ async fn a_client_certificate_cannot_speak_as_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_is_refused() {
     let pki = Pki::new();
-    let expired = tls::issue_node_valid(&pki.ca, NodeId(1), (2020, 1, 1), (2021, 1, 1)).unwrap();
+    let expired = tls::issue_node_valid(
+        &pki.ca,
+        NodeId(1),
+        // 2020-01-01 to 2021-01-01.
+        tls::Validity::from_unix(1_577_836_800, 1_609_459_200),
+    )
+    .unwrap();
     refused(
         &pki,
         Identity::from_pem(&pki.ca.cert, &expired).unwrap(),

@@ -79,7 +79,8 @@ pub enum ClientError {
     /// A node refused this client's certificate during the TLS handshake: nothing
     /// was sent, and retrying will not help.
     #[error(
-        "the node at {node} refused this client's certificate ({detail}); use one signed by the cluster's CA (`raft-server certs --clients NAME`)"
+        "the node at {node} refused this client's certificate ({detail}); {}",
+        refusal_hint(detail)
     )]
     CertificateRefused {
         /// The node.
@@ -90,6 +91,17 @@ pub enum ClientError {
     /// The client's own setup is wrong (no endpoints, bad certificate).
     #[error("client setup: {0}")]
     Setup(String),
+}
+
+/// What to do about a refused certificate, from the TLS alert the node sent.
+fn refusal_hint(detail: &str) -> &'static str {
+    if detail.contains("Revoked") {
+        "it is revoked (on the cluster's deny-list): ask the operator for a new certificate"
+    } else if detail.contains("expired") || detail.contains("not valid yet") {
+        "it has expired (or is not valid yet): issue a new one (`raft-server certs --clients NAME`), and check this machine's clock"
+    } else {
+        "use one signed by the cluster's CA (`raft-server certs --clients NAME`)"
+    }
 }
 
 impl ClientError {

@@ -8,9 +8,13 @@
 //! data_dir = "raft-dev/node1"
 //! ca = "raft-dev/certs/ca.crt"
 //! cert = "raft-dev/certs/node1.crt"
-//! key = "raft-dev/certs/node1.key"
+//! key = "raft-dev/certs/node1.key"   # mode 0600 (or 0400), or the node refuses to start
+//! deny_list = "raft-dev/certs/revoked.txt"  # optional: revoked certificate fingerprints
 //! metrics = "127.0.0.1:9101"         # optional: /metrics and /health over HTTP
 //! ```
+//!
+//! `ca`, `cert`, `key` and `deny_list` are read again on SIGHUP and when one of them
+//! changes (checked every `cert_check_secs`); see `raft_server::certificates`.
 
 use raft_proto::NodeId;
 use serde::{Deserialize, Serialize};
@@ -36,14 +40,29 @@ pub struct ServerConfig {
     /// members (how to reach them; membership stays as the cluster decides).
     #[serde(default)]
     pub join: bool,
-    /// Where the log and the state machine live.
+    /// Where the log and the state machine live. Created with mode 0700 (with its
+    /// `log` and `sm` subdirectories); an existing directory that its group or others
+    /// may enter is used as it is, with a warning.
     pub data_dir: PathBuf,
-    /// The cluster CA certificate (PEM).
+    /// The cluster CA certificates (PEM): one, or a bundle of several while a CA is
+    /// being replaced. Peers and clients must chain to one of them.
     pub ca: PathBuf,
-    /// This node's certificate (PEM), naming `node-<id>.raft`.
+    /// This node's certificate (PEM), naming `node-<id>.raft`, signed by a CA in `ca`.
     pub cert: PathBuf,
-    /// Its private key (PEM).
+    /// Its private key (PEM). On Unix it must not be readable by group or others
+    /// (mode 0600 or 0400): the node refuses to start otherwise.
     pub key: PathBuf,
+    /// A deny-list of revoked certificates: one SHA-256 fingerprint (64 hex digits,
+    /// as `raft-server certs` prints them) per line, `#` comments. A listed node or
+    /// client is refused at its next handshake, in both directions. Without it,
+    /// nothing is revoked.
+    #[serde(default)]
+    pub deny_list: Option<PathBuf>,
+    /// How often, in seconds, the node checks whether `ca`, `cert`, `key` or
+    /// `deny_list` changed (their modification time, size or inode); a change reloads
+    /// them all, as SIGHUP does.
+    #[serde(default = "defaults::cert_check_secs")]
+    pub cert_check_secs: u64,
     /// Where to serve `/metrics` and `/health` over HTTP.
     #[serde(default)]
     pub metrics: Option<String>,
@@ -182,6 +201,9 @@ mod defaults {
     pub(super) fn snapshot_entries() -> u64 {
         20_000
     }
+    pub(super) fn cert_check_secs() -> u64 {
+        5
+    }
 }
 
 impl ServerConfig {
@@ -196,6 +218,8 @@ impl ServerConfig {
             ca: certs.join("ca.crt"),
             cert: certs.join(format!("node{id}.crt")),
             key: certs.join(format!("node{id}.key")),
+            deny_list: None,
+            cert_check_secs: defaults::cert_check_secs(),
             metrics: None,
             max_key_bytes: defaults::max_key_bytes(),
             max_value_bytes: defaults::max_value_bytes(),
@@ -294,6 +318,7 @@ impl ServerConfig {
                 self.max_streams_per_connection,
             ),
             ("max_sessions", self.max_sessions),
+            ("cert_check_secs", self.cert_check_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{what} must be more than 0")));

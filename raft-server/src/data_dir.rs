@@ -2,6 +2,13 @@
 //! `<data_dir>/IDENTITY`, written on the first start and checked on every later one.
 //! Starting node 1 on node 2's directory, or on a directory of another cluster, would
 //! mix two logs; it is refused before anything is opened.
+//!
+//! **Permissions.** [`create_private`] creates the data directory and its `log` and
+//! `sm` subdirectories with mode 0700 (as etcd does), whatever the umask. A directory
+//! that already exists is never changed: if its group or others have any permission
+//! on it, the node logs a warning naming it and the `chmod 700` that fixes it, and
+//! starts (an operator may have widened it on purpose, e.g. for a backup group; the
+//! files inside are created 0600 by LMDB).
 
 use raft_proto::NodeId;
 use rustls_pki_types::CertificateDer;
@@ -58,6 +65,38 @@ pub enum DataDirError {
         /// What went wrong.
         detail: String,
     },
+}
+
+/// The subdirectories the server creates in a data directory.
+pub const SUBDIRS: [&str; 2] = ["log", "sm"];
+
+/// Creates `dir` (and missing parents) and its [`SUBDIRS`] with mode 0700; warns
+/// about each of them that exists with wider permissions. Returns the directories
+/// that are open to group or others.
+pub fn create_private(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut wide = Vec::new();
+    for d in std::iter::once(dir.to_path_buf()).chain(SUBDIRS.iter().map(|s| dir.join(s))) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&d)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&d)?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %d.display(),
+                    mode = %format!("{mode:04o}"),
+                    "the data directory is open to group or others (it holds every key and value); make it private with `chmod 700 {}`",
+                    d.display()
+                );
+                wide.push(d);
+            }
+        }
+    }
+    Ok(wide)
 }
 
 /// The hex SHA-256 of the first CA certificate.
@@ -155,6 +194,29 @@ mod tests {
             msg.contains("another cluster") && msg.contains("IDENTITY"),
             "{msg}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn data_directories_are_created_0700_and_a_wider_one_is_reported_not_changed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = root.path().join("a/node1");
+        let wide = create_private(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(wide.is_empty(), "{wide:?}");
+        for d in [dir.clone(), dir.join("log"), dir.join("sm")] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wide = create_private(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wide, vec![dir.clone()]);
+        assert_eq!(mode(&dir), 0o755, "an existing directory is left as it is");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Certificates for a cluster, and the files of a local development cluster.
 
 use crate::config::ServerConfig;
-use raft_net_quic::tls::{self, PemPair};
+use raft_net_quic::tls::{self, PemPair, Validity};
 use raft_net_quic::{CertInfo, CertRole};
 use raft_proto::NodeId;
 use serde::{Deserialize, Serialize};
@@ -25,9 +25,34 @@ pub enum CertsError {
     },
 }
 
-/// Loads the CA in `dir` (`ca.crt`, `ca.key`), or creates one; returns it and whether
-/// it is new.
+/// How long issued certificates are valid, in days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidityDays {
+    /// Node, client and administrator certificates (default
+    /// [`tls::NODE_VALIDITY_DAYS`], one year).
+    pub days: u32,
+    /// A new CA (default [`tls::CA_VALIDITY_DAYS`], ten years); an existing CA is
+    /// kept as it is.
+    pub ca_days: u32,
+}
+
+impl Default for ValidityDays {
+    fn default() -> Self {
+        ValidityDays {
+            days: tls::NODE_VALIDITY_DAYS,
+            ca_days: tls::CA_VALIDITY_DAYS,
+        }
+    }
+}
+
+/// Loads the CA in `dir` (`ca.crt`, `ca.key`), or creates one valid for ten years;
+/// returns it and whether it is new.
 pub fn load_or_create_ca(dir: &Path) -> Result<(PemPair, bool), CertsError> {
+    load_or_create_ca_valid(dir, tls::CA_VALIDITY_DAYS)
+}
+
+/// Loads the CA in `dir`, or creates one valid for `ca_days` days.
+pub fn load_or_create_ca_valid(dir: &Path, ca_days: u32) -> Result<(PemPair, bool), CertsError> {
     let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     if cert.exists() && key.exists() {
         let read = |p: &Path| {
@@ -44,7 +69,7 @@ pub fn load_or_create_ca(dir: &Path) -> Result<(PemPair, bool), CertsError> {
             false,
         ));
     }
-    let ca = tls::generate_ca()?;
+    let ca = tls::generate_ca_valid(Validity::days(ca_days))?;
     tls::write_pem(dir, "ca", &ca).map_err(|source| CertsError::Io {
         path: dir.to_path_buf(),
         source,
@@ -53,14 +78,25 @@ pub fn load_or_create_ca(dir: &Path) -> Result<(PemPair, bool), CertsError> {
 }
 
 /// Issues and writes `node<id>.crt`/`.key` for each node and `client-<name>.crt`/`.key`
-/// for each client, with its role, signed by the CA in `dir` (created if absent).
-/// Returns the files written.
+/// for each client, with its role, signed by the CA in `dir` (created if absent), with
+/// the default validity. Returns the files written.
 pub fn make_certs(
     dir: &Path,
     nodes: &[u64],
     clients: &[(String, CertRole)],
 ) -> Result<Vec<PathBuf>, CertsError> {
-    let (ca, new) = load_or_create_ca(dir)?;
+    make_certs_valid(dir, nodes, clients, ValidityDays::default())
+}
+
+/// [`make_certs`] with the validity given.
+pub fn make_certs_valid(
+    dir: &Path,
+    nodes: &[u64],
+    clients: &[(String, CertRole)],
+    validity: ValidityDays,
+) -> Result<Vec<PathBuf>, CertsError> {
+    let (ca, new) = load_or_create_ca_valid(dir, validity.ca_days)?;
+    let valid = Validity::days(validity.days);
     let io = |source| CertsError::Io {
         path: dir.to_path_buf(),
         source,
@@ -74,7 +110,7 @@ pub fn make_certs(
         let (c, k) = tls::write_pem(
             dir,
             &format!("node{id}"),
-            &tls::issue_node(&ca, NodeId(id))?,
+            &tls::issue_node_valid(&ca, NodeId(id), valid)?,
         )
         .map_err(io)?;
         written.extend([c, k]);
@@ -83,7 +119,7 @@ pub fn make_certs(
         let (c, k) = tls::write_pem(
             dir,
             &format!("client-{name}"),
-            &tls::issue_client(&ca, name, *role)?,
+            &tls::issue_client_valid(&ca, name, *role, valid)?,
         )
         .map_err(io)?;
         written.extend([c, k]);
@@ -91,11 +127,16 @@ pub fn make_certs(
     Ok(written)
 }
 
-/// The role of the certificate in `path`, if it can be read.
-fn role_of(path: &Path) -> Option<CertRole> {
+/// What the (first) certificate in `path` says, if it can be read.
+pub fn describe(path: &Path) -> Option<CertInfo> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
-    CertInfo::parse(&der).ok().map(|i| i.role)
+    CertInfo::parse(&der).ok()
+}
+
+/// The role of the certificate in `path`, if it can be read.
+fn role_of(path: &Path) -> Option<CertRole> {
+    describe(path).map(|i| i.role)
 }
 
 /// How a CLI client reaches a cluster: node addresses and its certificate. `dev`

@@ -16,11 +16,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`bench`] (the load generator), [`kv`] (the state machine and its sessions), [`proto`] (the client
+//! Modules: [`bench`] (the load generator), [`certificates`] (the node's TLS material, its reloads and expiry), [`kv`] (the state machine and its sessions), [`proto`] (the client
 //! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
 
 pub mod bench;
 pub mod budget;
+pub mod certificates;
 pub mod client;
 pub mod config;
 pub mod data_dir;

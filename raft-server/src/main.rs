@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use raft_net_quic::CertRole;
 use raft_net_quic::Identity;
 use raft_proto::{Bytes, NodeId};
-use raft_server::dev::{ClientFile, DevLayout, make_certs};
+use raft_server::dev::{ClientFile, DevLayout, ValidityDays, describe, make_certs_valid};
 use raft_server::proto::{AdminOp, Consistency, Status};
 use raft_server::{Client, ClientOptions, Server, ServerConfig};
 use std::net::SocketAddr;
@@ -80,6 +80,12 @@ enum Command {
         /// (keys and cluster administration).
         #[arg(long, value_delimiter = ',')]
         admins: Vec<String>,
+        /// Days the node, client and admin certificates are valid.
+        #[arg(long, default_value_t = raft_net_quic::tls::NODE_VALIDITY_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Days a new CA is valid (an existing CA in --out is kept as it is).
+        #[arg(long, default_value_t = raft_net_quic::tls::CA_VALIDITY_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+        ca_days: u32,
     },
 }
 
@@ -320,15 +326,31 @@ fn main() -> ExitCode {
                 nodes,
                 clients,
                 admins,
+                days,
+                ca_days,
             } => {
                 let clients: Vec<(String, CertRole)> = clients
                     .into_iter()
                     .map(|c| (c, CertRole::Client))
                     .chain(admins.into_iter().map(|a| (a, CertRole::Admin)))
                     .collect();
-                let files = make_certs(&out, &nodes, &clients).map_err(|e| e.to_string())?;
+                let validity = ValidityDays { days, ca_days };
+                let files = make_certs_valid(&out, &nodes, &clients, validity)
+                    .map_err(|e| e.to_string())?;
                 for f in files {
-                    println!("wrote {}", f.display());
+                    match describe(&f) {
+                        // The fingerprint is what a deny-list names to revoke it.
+                        Some(info) => println!(
+                            "wrote {} ({}, role {}, expires in {} days, sha256 {})",
+                            f.display(),
+                            info.principal,
+                            info.role,
+                            (info.not_after - raft_server::certificates::unix_now())
+                                .div_euclid(86_400),
+                            info.fingerprint()
+                        ),
+                        None => println!("wrote {}", f.display()),
+                    }
                 }
                 Ok(())
             }
@@ -376,6 +398,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     config.join |= args.join;
     let validated = config.validate().map_err(|e| e.to_string())?;
     let server = Server::start(validated).await.map_err(|e| e.to_string())?;
+    let mut hangup = Hangup::new();
     let stdin_closed = async {
         if args.stop_with_stdin {
             let mut buf = [0u8; 64];
@@ -390,13 +413,55 @@ async fn run(args: RunArgs) -> Result<(), String> {
             futures::future::pending::<()>().await
         }
     };
-    let outcome = tokio::select! {
-        _ = shutdown_signal() => Ok(()),
-        _ = stdin_closed => Ok(()),
-        reason = server.stopped() => Err(format!("the node stopped: {}", reason.unwrap_or_else(|| "no reason given".into()))),
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown, stdin_closed);
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = &mut stdin_closed => break Ok(()),
+            reason = server.stopped() => break Err(format!("the node stopped: {}", reason.unwrap_or_else(|| "no reason given".into()))),
+            // A failed reload is logged and keeps the previous material.
+            _ = hangup.recv() => { let _ = server.reload_certificates(); }
+        }
     };
     server.shutdown().await;
     outcome
+}
+
+/// SIGHUP (Unix): reload the certificates. Never fires elsewhere, or if the handler
+/// cannot be installed.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn new() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload only when their files change");
+                    None
+                }
+            };
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        futures::future::pending::<()>().await
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -305,6 +305,8 @@ pub struct NodeSample {
     pub peers: Vec<PeerStats>,
     /// Incoming messages the transport dropped because the node fell behind.
     pub incoming_dropped: u64,
+    /// Seconds until each certificate expires (negative: expired), by `cert` label.
+    pub certificate_expiry: Vec<(&'static str, i64)>,
 }
 
 impl Collector for NodeSample {
@@ -404,7 +406,19 @@ impl Collector for NodeSample {
             "Incoming messages dropped because the node fell behind.",
             None,
             c.metric_type(),
-        )?)
+        )?)?;
+        if !self.certificate_expiry.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "raft_certificate_expiry_seconds",
+                "Seconds until a certificate expires (negative: expired). cert=node: this node's; cert=ca: the CA bundle's first to expire.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for &(cert, left) in &self.certificate_expiry {
+                ConstGauge::new(left).encode(family.encode_family(&[("cert", cert)])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -843,6 +857,7 @@ mod tests {
                 queued: 1,
             }],
             incoming_dropped: 0,
+            certificate_expiry: vec![("node", 86_400), ("ca", -5)],
         };
         let page = server.encode(node).expect("encode");
         let lines: Vec<&str> = page.lines().collect();
@@ -864,6 +879,8 @@ mod tests {
             "raft_peer_sent_frames_total{peer=\"2\"} 5",
             "raft_peer_queued{peer=\"2\"} 1",
             "raft_incoming_dropped_total 0",
+            "raft_certificate_expiry_seconds{cert=\"node\"} 86400",
+            "raft_certificate_expiry_seconds{cert=\"ca\"} -5",
             "raft_proposals_total 0",
             "raft_proposal_failures_total 0",
             "raft_client_requests_ok_total 0",

@@ -2,6 +2,7 @@
 //! port), the Raft `Node`, the client request handler, address bookkeeping, metrics.
 
 use crate::budget::{ByteBudget, Reservation};
+use crate::certificates::{self, CertFiles, Certificates};
 use crate::config::{ConfigError, Validated};
 use crate::kv::{self, Body, Kv, KvCommand};
 use crate::metrics::{self, Exposition, Health, NodeSample, ServerMetrics};
@@ -16,7 +17,7 @@ use raft_core::node::{
 use raft_core::rt::tokio::TokioRuntime;
 use raft_core::{ConfChange, Config, Persist, ProposeError, ReadError, Role};
 use raft_net_quic::{
-    CertInfo, CertRole, ClientLimits, Identity, QuicConfig, QuicError, QuicTransport, Started,
+    CertInfo, CertRole, ClientLimits, QuicConfig, QuicError, QuicTransport, Started,
 };
 use raft_proto::{Bytes, Entry, LogId, LogIndex, Membership, NodeId, SnapshotMeta};
 use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig};
@@ -44,6 +45,9 @@ pub enum StartError {
     /// Certificates.
     #[error(transparent)]
     Tls(#[from] raft_net_quic::TlsError),
+    /// The node's certificate, key, CA bundle or deny-list.
+    #[error(transparent)]
+    Certificates(#[from] certificates::CertFilesError),
     /// The network (address in use, ...).
     #[error(transparent)]
     Network(#[from] QuicError),
@@ -191,6 +195,8 @@ struct Shared {
     connections: std::sync::Mutex<Connections>,
     /// Every address known: the config's peers, then what the log recorded.
     addresses: RwLock<BTreeMap<NodeId, SocketAddr>>,
+    /// The TLS material in use, its reloads and its expiry.
+    certs: Arc<Certificates>,
 }
 
 /// Who sent a request: read from the connection's verified certificate.
@@ -254,8 +260,10 @@ impl Server {
         let c = &config.config;
         let rt = TokioRuntime::current().ok_or(StartError::NoRuntime)?;
         let quinn_rt = raft_net_quic::tokio_runtime().ok_or(StartError::NoRuntime)?;
-        let identity = Identity::load(&c.ca, &c.cert, &c.key)?;
-        std::fs::create_dir_all(&c.data_dir).map_err(|source| StartError::DataDir {
+        let cert_files = CertFiles::of(c);
+        let loaded = certificates::load(&cert_files, config.id)?;
+        let identity = loaded.identity.clone();
+        crate::data_dir::create_private(&c.data_dir).map_err(|source| StartError::DataDir {
             path: c.data_dir.clone(),
             source,
         })?;
@@ -292,6 +300,12 @@ impl Server {
         for (&id, &addr) in &addresses {
             transport.add_peer(id, addr);
         }
+        let certs = Arc::new(Certificates::new(
+            config.id,
+            cert_files,
+            &loaded,
+            transport.clone(),
+        ));
         let metrics = Arc::new(ServerMetrics::default());
         let mut raft = Config::new(config.id);
         raft.election_ticks = c.election_ticks;
@@ -345,6 +359,7 @@ impl Server {
             transport,
             metrics,
             addresses: RwLock::new(addresses),
+            certs: certs.clone(),
         });
         let mut tasks = Vec::new();
         if let Some(mut clients) = clients {
@@ -357,6 +372,9 @@ impl Server {
             }));
         }
         tasks.push(tokio::spawn(shared.clone().housekeeping()));
+        tasks.push(tokio::spawn(
+            certs.watch(Duration::from_secs(c.cert_check_secs)),
+        ));
         if let Some(addr) = config.metrics {
             let source: Arc<dyn Exposition> = shared.clone();
             let task = metrics::serve(addr, source)
@@ -371,6 +389,13 @@ impl Server {
     /// The Raft node.
     pub fn node(&self) -> &Node {
         &self.shared.node
+    }
+
+    /// Reads the certificate, key, CA bundle and deny-list again and uses them for new
+    /// connections (`raft-server run` calls this on SIGHUP). On error the previous
+    /// material stays in use; the error is logged and returned.
+    pub fn reload_certificates(&self) -> Result<(), certificates::ReloadError> {
+        self.shared.certs.reload("reload requested (SIGHUP)")
     }
 
     /// The address peers and clients reach this node at.
@@ -1108,6 +1133,11 @@ impl Exposition for Shared {
             node: self.node.metrics().get(),
             peers: self.transport.stats(),
             incoming_dropped: self.transport.dropped_incoming(),
+            certificate_expiry: self
+                .certs
+                .expiry()
+                .seconds_left(certificates::unix_now())
+                .to_vec(),
         })
     }
 
