@@ -19,7 +19,7 @@ pub use revocation::DenyList;
 pub use tls::{Identity, PemPair, TlsError, Validity};
 pub use transport::{
     ClientConnection, ClientLimits, PeerStats, QuicConfig, QuicError, QuicTransport, Started,
-    connect_client, delay,
+    connect_client, connect_client_within, delay,
 };
 #[cfg(feature = "tokio")]
 pub use transport::{TokioHandle, tokio_runtime};

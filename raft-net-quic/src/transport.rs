@@ -160,6 +160,17 @@ pub enum QuicError {
     /// quinn refused the TLS configuration.
     #[error("QUIC TLS setup: {0}")]
     Crypto(String),
+    /// The node's certificate is not one this side trusts (another cluster's CA, or
+    /// not a node's): retrying will not help.
+    #[error(
+        "connect to {addr}: its certificate is not trusted ({detail}); check that the CA file is this cluster's CA"
+    )]
+    Untrusted {
+        /// Where.
+        addr: SocketAddr,
+        /// The TLS error.
+        detail: String,
+    },
     /// Connecting failed.
     #[error("connect to {addr}: {detail}")]
     Connect {
@@ -960,6 +971,20 @@ pub async fn connect_client(
     addr: SocketAddr,
     runtime: Arc<dyn quinn::Runtime>,
 ) -> Result<ClientConnection, QuicError> {
+    connect_client_within(identity, addr, runtime, None).await
+}
+
+/// [`connect_client`], giving up when the node has not answered the first handshake
+/// flight within `first_answer`. A live node answers that flight at once, before any
+/// certificate check (even a loaded one: it is a few packets, not a request), while a
+/// dead one, or a port nothing listens on, never answers: QUIC has no refusal to
+/// wait for, so without this a dead endpoint costs a whole handshake timeout.
+pub async fn connect_client_within(
+    identity: &Identity,
+    addr: SocketAddr,
+    runtime: Arc<dyn quinn::Runtime>,
+    first_answer: Option<Duration>,
+) -> Result<ClientConnection, QuicError> {
     let tls = tls::client_config(identity, ALPN_CLIENT)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| QuicError::Crypto(e.to_string()))?;
@@ -975,8 +1000,13 @@ pub async fn connect_client(
     })?;
     let socket =
         std::net::UdpSocket::bind(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .map_err(|source| QuicError::Bind { addr: bind, source })?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        runtime.clone(),
+    )
+    .map_err(|source| QuicError::Bind { addr: bind, source })?;
     let err = |detail: String| QuicError::Connect { addr, detail };
     let connecting = endpoint
         .connect_with(
@@ -985,7 +1015,46 @@ pub async fn connect_client(
             tls::SERVER_NAME,
         )
         .map_err(|e| err(e.to_string()))?;
-    let connection = connecting.await.map_err(|e| err(e.to_string()))?;
+    let mut connecting = connecting;
+    if let Some(limit) = first_answer {
+        let answered = {
+            let first = connecting.handshake_data();
+            let timer = sleep(&runtime, limit);
+            futures::select! {
+                r = first.fuse() => Some(r),
+                _ = timer.fuse() => None,
+            }
+        };
+        match answered {
+            Some(Ok(_)) => {}
+            Some(Err(quinn::ConnectionError::TransportError(t)))
+                if (0x100..0x200).contains(&u64::from(t.code)) =>
+            {
+                return Err(QuicError::Untrusted {
+                    addr,
+                    detail: t.to_string(),
+                });
+            }
+            Some(Err(e)) => return Err(err(e.to_string())),
+            None => {
+                return Err(err(format!(
+                    "no answer within {limit:?} (nothing listens there, or it is unreachable)"
+                )));
+            }
+        }
+    }
+    let connection = connecting.await.map_err(|e| match e {
+        // A TLS failure on this side: the node's certificate did not verify.
+        quinn::ConnectionError::TransportError(t)
+            if (0x100..0x200).contains(&u64::from(t.code)) =>
+        {
+            QuicError::Untrusted {
+                addr,
+                detail: t.to_string(),
+            }
+        }
+        other => err(other.to_string()),
+    })?;
     Ok(ClientConnection {
         connection,
         endpoint,

@@ -77,6 +77,16 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Gives back all but `bytes` of what is held (nothing, if it holds less).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.budget
+                .used
+                .fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+            self.bytes = bytes;
+        }
+    }
 }
 
 impl Drop for Reservation {
@@ -97,6 +107,11 @@ mod tests {
         let c = b.reserve_up_to(10, 1000).expect("the rest");
         assert_eq!(c.bytes(), 40);
         assert!(b.reserve_up_to(1, 10).is_none());
+        let mut c = c;
+        c.shrink_to(15);
+        assert_eq!(b.used(), 75, "25 given back");
+        c.shrink_to(100);
+        assert_eq!(c.bytes(), 15, "shrinking never grows");
         drop(a);
         drop(c);
         assert_eq!(b.used(), 0);

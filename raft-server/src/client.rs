@@ -37,6 +37,16 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// Backoff between attempts: the first delay, doubling up to the second.
     pub backoff: (Duration, Duration),
+    /// How long a node may take to answer the first flight of a handshake (default
+    /// 300 ms). A live node answers it at once, whatever its load; a dead one never
+    /// does, so this is what a dead endpoint costs before the next one is tried.
+    pub connect_timeout: Duration,
+    /// How long a node may stay silent while a request to it is outstanding (default
+    /// 400 ms). Halfway through, the client sends a probe that any live node
+    /// acknowledges at the transport level, busy or not; a node that acknowledges
+    /// nothing for this long counts as down, and the request is retried on another
+    /// node under the same session number (so it is still applied once).
+    pub silence_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -45,9 +55,15 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             backoff: (Duration::from_millis(20), Duration::from_millis(500)),
+            connect_timeout: Duration::from_millis(300),
+            silence_timeout: Duration::from_millis(400),
         }
     }
 }
+
+/// How long a node found down is not followed by redirects (other nodes keep naming
+/// a dead leader until they elect another).
+const SUSPECT_FOR: Duration = Duration::from_secs(1);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +102,18 @@ pub enum ClientError {
         /// The node.
         node: SocketAddr,
         /// The TLS alert.
+        detail: String,
+    },
+    /// The node's certificate does not verify against this client's CA file (the CA
+    /// of another cluster, or a certificate that is not a node's): nothing was sent,
+    /// and retrying will not help.
+    #[error(
+        "the node at {node} presented a certificate this client does not trust ({detail}); the client's CA file must be the cluster's CA (ca.crt from `raft-server certs`)"
+    )]
+    UntrustedNode {
+        /// The node.
+        node: SocketAddr,
+        /// The TLS error.
         detail: String,
     },
     /// The client's own setup is wrong (no endpoints, bad certificate).
@@ -142,6 +170,13 @@ struct Inner {
     target: Mutex<SocketAddr>,
     session: tokio::sync::Mutex<Option<Arc<Mutex<SessionState>>>>,
     rotate: Mutex<usize>,
+    /// Nodes found down lately, and when: a redirect to one is not followed for
+    /// [`SUSPECT_FOR`].
+    suspects: Mutex<Vec<(SocketAddr, Instant)>>,
+    /// The connection in use and where it goes, readable while `conn` is held (by a
+    /// call reopening its lane), so every waiting call can tell whether the node is
+    /// still heard from.
+    current: Mutex<Option<(SocketAddr, quinn::Connection)>>,
 }
 
 /// A client of a KV cluster. Cheap to clone; clones share the connection and session,
@@ -162,6 +197,8 @@ enum Attempt {
     Lost(String),
     /// The node closed the connection with a TLS alert: our certificate is refused.
     CertificateRefused(String),
+    /// The node's certificate does not verify against our CA.
+    Untrusted(String),
     Answer(Response),
 }
 
@@ -185,6 +222,8 @@ impl Client {
                 target: Mutex::new(first),
                 session: tokio::sync::Mutex::new(None),
                 rotate: Mutex::new(0),
+                suspects: Mutex::new(Vec::new()),
+                current: Mutex::new(None),
             }),
         })
     }
@@ -309,11 +348,20 @@ impl Client {
     ) -> Result<Response, ClientError> {
         let frame = encode(request)?;
         let identity = self.inner.identity.clone();
+        let connect_timeout = self.inner.options.connect_timeout;
         let started = Instant::now();
         let ask = async move {
-            let conn = raft_net_quic::connect_client(&identity, node, runtime()?)
-                .await
-                .map_err(|e| ClientError::Unreachable(format!("{node}: {e}")))?;
+            let conn = raft_net_quic::connect_client_within(
+                &identity,
+                node,
+                runtime()?,
+                Some(connect_timeout),
+            )
+            .await
+            .map_err(|e| match connect_failed(e) {
+                Attempt::Untrusted(detail) => ClientError::UntrustedNode { node, detail },
+                other => ClientError::Unreachable(format!("{node}: {}", describe(&other))),
+            })?;
             let answer = exchange(&conn.connection, &frame).await;
             conn.connection.close(0u32.into(), b"done");
             match answer {
@@ -322,6 +370,7 @@ impl Client {
                 Attempt::CertificateRefused(detail) => {
                     Err(ClientError::CertificateRefused { node, detail })
                 }
+                Attempt::Untrusted(detail) => Err(ClientError::UntrustedNode { node, detail }),
                 Attempt::Lost(e) => Err(ClientError::Timeout {
                     elapsed: started.elapsed(),
                     outcome_unknown: true,
@@ -461,13 +510,15 @@ impl Client {
             let redirect_now = match attempt {
                 None => {
                     sent = true;
-                    last_error = format!("no answer from {target} within {:?}", o.attempt_timeout);
+                    last_error = format!("{target} went silent with the request outstanding");
+                    self.suspect(target);
                     self.drop_connection(target).await;
                     self.next_target();
-                    false
+                    true
                 }
                 Some(Attempt::NotSent(e)) => {
                     last_error = format!("{target}: {e}");
+                    self.suspect(target);
                     self.drop_connection(target).await;
                     self.next_target();
                     false
@@ -483,13 +534,17 @@ impl Client {
                     ServerError::NotLeader { ref addr, .. } => {
                         last_error = e.to_string();
                         match addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
-                            Some(leader) if leader != target => {
+                            Some(leader) if leader != target && !self.suspected(leader) => {
                                 *lock(&self.inner.target) = leader;
                                 true
                             }
                             _ => {
+                                // An election is on (or the leader named is down): ask
+                                // around again soon, without the growing backoff.
                                 self.next_target();
-                                false
+                                let left = o.timeout.saturating_sub(started.elapsed());
+                                tokio::time::sleep(o.backoff.0.min(left)).await;
+                                true
                             }
                         }
                     }
@@ -519,6 +574,12 @@ impl Client {
                         detail,
                     });
                 }
+                Some(Attempt::Untrusted(detail)) => {
+                    return Err(ClientError::UntrustedNode {
+                        node: target,
+                        detail,
+                    });
+                }
             };
             if !redirect_now {
                 let left = o.timeout.saturating_sub(started.elapsed());
@@ -528,47 +589,114 @@ impl Client {
         }
     }
 
-    /// Runs an attempt on `target`. Past the attempt timeout it keeps waiting for as
-    /// long as the node's connection keeps receiving packets (the node is alive, only
-    /// slow: giving up would cost it a new request and maybe a new handshake under the
-    /// very load that made it slow), up to `deadline`; `None` when the node went
-    /// silent for a whole attempt timeout.
+    /// Runs an attempt on `target`, for as long as the node shows it is alive, up to
+    /// `deadline`; `None` when it went silent. Connecting is bounded by the connect
+    /// timeout (in [`Client::link`]) and, past that, by the attempt timeout. Once
+    /// connected, a node that has not been heard from for half the silence timeout
+    /// gets a probe (an empty stream, which its transport acknowledges however busy
+    /// its request handling is); heard from, it may take as long as the request
+    /// takes (a slow commit is not a dead node); silent for the whole silence timeout,
+    /// it counts as down.
     async fn attempt_while_alive(
         &self,
         target: SocketAddr,
         request: &Request,
         deadline: Instant,
     ) -> Option<Attempt> {
-        let patience = self.inner.options.attempt_timeout;
+        let o = &self.inner.options;
+        let started = Instant::now();
         let mut attempt = std::pin::pin!(self.attempt(target, request));
-        let mut seen = self.packets_from(target);
+        let tick = (o.silence_timeout / 8).max(Duration::from_millis(5));
+        let mut seen: Option<u64> = None;
+        let mut heard = Instant::now();
+        let mut probed = false;
         loop {
-            let wait = patience.min(deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, &mut attempt).await {
-                Ok(a) => return Some(a),
-                Err(_) => {
-                    let now = self.packets_from(target);
-                    if now.is_none() || now <= seen || Instant::now() >= deadline {
+            let wait = tick.min(deadline.saturating_duration_since(Instant::now()));
+            if let Ok(a) = tokio::time::timeout(wait, &mut attempt).await {
+                return Some(a);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            match self.packets_from(target) {
+                // Connecting (or reconnecting the lane): bounded by the attempt
+                // timeout.
+                None => {
+                    if started.elapsed() >= o.attempt_timeout && seen.is_none() {
                         return None;
                     }
-                    seen = now;
+                }
+                Some(rx) if Some(rx) != seen => {
+                    seen = Some(rx);
+                    heard = Instant::now();
+                    probed = false;
+                }
+                Some(_) => {
+                    let silent = heard.elapsed();
+                    if silent >= o.silence_timeout {
+                        return None;
+                    }
+                    if !probed && silent >= o.silence_timeout / 2 {
+                        probed = true;
+                        self.probe(target);
+                    }
                 }
             }
         }
     }
 
+    /// Sends something the node at `target` must acknowledge: an empty stream, which
+    /// its server closes without a request.
+    fn probe(&self, target: SocketAddr) {
+        let conn = lock(&self.inner.current)
+            .as_ref()
+            .filter(|(a, _)| *a == target)
+            .map(|(_, c)| c.clone());
+        if let Some(conn) = conn {
+            tokio::spawn(async move {
+                if let Ok(Ok((mut send, _recv))) =
+                    tokio::time::timeout(Duration::from_secs(1), conn.open_bi()).await
+                {
+                    let _ = send.finish();
+                }
+            });
+        }
+    }
+
+    /// Records that the node at `addr` was found down.
+    fn suspect(&self, addr: SocketAddr) {
+        let mut s = lock(&self.inner.suspects);
+        s.retain(|(a, at)| *a != addr && at.elapsed() < SUSPECT_FOR);
+        s.push((addr, Instant::now()));
+    }
+
+    /// Whether the node at `addr` was found down within [`SUSPECT_FOR`].
+    fn suspected(&self, addr: SocketAddr) -> bool {
+        lock(&self.inner.suspects)
+            .iter()
+            .any(|(a, at)| *a == addr && at.elapsed() < SUSPECT_FOR)
+    }
+
     /// Datagrams received on the connection to `addr`, if there is one (and it is not
     /// being set up right now).
     fn packets_from(&self, addr: SocketAddr) -> Option<u64> {
-        let conn = self.inner.conn.try_lock().ok()?;
-        conn.as_ref()
-            .filter(|l| l.addr == addr)
-            .map(|l| l.conn.connection.stats().udp_rx.datagrams)
+        lock(&self.inner.current)
+            .as_ref()
+            .filter(|(a, _)| *a == addr)
+            .map(|(_, c)| c.stats().udp_rx.datagrams)
     }
 
+    /// Moves to the next endpoint in the list that was not found down lately (any,
+    /// if all were).
     fn next_target(&self) {
         let mut r = lock(&self.inner.rotate);
-        *r = (*r + 1) % self.inner.endpoints.len();
+        let n = self.inner.endpoints.len();
+        for _ in 0..n {
+            *r = (*r + 1) % n;
+            if !self.suspected(self.inner.endpoints[*r]) {
+                break;
+            }
+        }
         *lock(&self.inner.target) = self.inner.endpoints[*r];
     }
 
@@ -581,25 +709,35 @@ impl Client {
                 .connection
                 .close(0u32.into(), b"retrying elsewhere");
         }
+        let mut current = lock(&self.inner.current);
+        if current.as_ref().is_some_and(|(a, _)| *a == addr) {
+            *current = None;
+        }
     }
 
     /// The connection to `addr` and its lane, opened when needed.
-    async fn link(&self, addr: SocketAddr) -> Result<(quinn::Connection, Arc<Lane>), String> {
+    async fn link(&self, addr: SocketAddr) -> Result<(quinn::Connection, Arc<Lane>), Attempt> {
         let mut conn = self.inner.conn.lock().await;
         if let Some(link) = conn.as_mut()
             && link.addr == addr
             && link.conn.connection.close_reason().is_none()
         {
             if link.lane.is_broken() {
-                link.lane = Arc::new(Lane::open(&link.conn.connection).await?);
+                link.lane = Arc::new(self.open_lane(&link.conn.connection).await?);
             }
             return Ok((link.conn.connection.clone(), link.lane.clone()));
         }
-        let rt = runtime().map_err(|e| e.to_string())?;
-        let c = raft_net_quic::connect_client(&self.inner.identity, addr, rt)
-            .await
-            .map_err(|e| e.to_string())?;
-        let lane = Arc::new(Lane::open(&c.connection).await?);
+        let rt = runtime().map_err(|e| Attempt::NotSent(e.to_string()))?;
+        let c = raft_net_quic::connect_client_within(
+            &self.inner.identity,
+            addr,
+            rt,
+            Some(self.inner.options.connect_timeout),
+        )
+        .await
+        .map_err(connect_failed)?;
+        *lock(&self.inner.current) = Some((addr, c.connection.clone()));
+        let lane = Arc::new(self.open_lane(&c.connection).await?);
         let connection = c.connection.clone();
         let link = Link {
             addr,
@@ -612,10 +750,23 @@ impl Client {
         Ok((connection, lane))
     }
 
+    /// Opens a lane on `conn`, within the silence timeout (a dead node's connection
+    /// may have no stream left to open; the caller holds the connection lock).
+    async fn open_lane(&self, conn: &quinn::Connection) -> Result<Lane, Attempt> {
+        match tokio::time::timeout(self.inner.options.silence_timeout, Lane::open(conn)).await {
+            Ok(Ok(lane)) => Ok(lane),
+            Ok(Err(e)) => Err(Attempt::NotSent(e)),
+            Err(_) => Err(Attempt::NotSent(format!(
+                "no stream could be opened within {:?}",
+                self.inner.options.silence_timeout
+            ))),
+        }
+    }
+
     async fn attempt(&self, addr: SocketAddr, request: &Request) -> Attempt {
         let (conn, lane) = match self.link(addr).await {
             Ok(link) => link,
-            Err(e) => return Attempt::NotSent(e),
+            Err(a) => return a,
         };
         let attempt = match lane.call(request).await {
             Outcome::Answer(r) => Attempt::Answer(r),
@@ -668,6 +819,23 @@ fn certificate_refused(conn: &quinn::Connection) -> Option<Attempt> {
             Some(Attempt::CertificateRefused(close.to_string()))
         }
         _ => None,
+    }
+}
+
+/// What a failed connection attempt means for the request.
+fn connect_failed(e: raft_net_quic::QuicError) -> Attempt {
+    match e {
+        raft_net_quic::QuicError::Untrusted { detail, .. } => Attempt::Untrusted(detail),
+        other => Attempt::NotSent(other.to_string()),
+    }
+}
+
+/// The error text of an attempt that got no answer.
+fn describe(a: &Attempt) -> String {
+    match a {
+        Attempt::NotSent(e) | Attempt::Lost(e) | Attempt::CertificateRefused(e) => e.clone(),
+        Attempt::Untrusted(e) => format!("untrusted certificate: {e}"),
+        Attempt::Answer(r) => format!("{r:?}"),
     }
 }
 

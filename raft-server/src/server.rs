@@ -925,7 +925,6 @@ impl Shared {
                 ))
             })?;
         let max_bytes = usize::try_from(room.bytes()).unwrap_or(usize::MAX);
-        held.push(room);
         // A scan may walk thousands of keys: on the blocking pool.
         let sm = self.sm.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -946,7 +945,20 @@ impl Shared {
         })
         .await;
         match read {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                // Hold what the answer takes, not what it might have.
+                let mut room = room;
+                if let Response::Scanned { items, .. } = &r {
+                    room.shrink_to(
+                        items
+                            .iter()
+                            .map(|(k, v)| (k.len() + v.len() + 16) as u64)
+                            .sum(),
+                    );
+                }
+                held.push(room);
+                Ok(r)
+            }
             Ok(Err(e)) => Err(ServerError::Failed(format!("read failed: {e}"))),
             Err(e) => Err(ServerError::Failed(format!("read task failed: {e}"))),
         }

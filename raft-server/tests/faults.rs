@@ -90,6 +90,7 @@ async fn worker(
         timeout: Duration::from_secs(4),
         attempt_timeout: Duration::from_millis(1500),
         backoff: (Duration::from_millis(20), Duration::from_millis(300)),
+        ..ClientOptions::default()
     };
     let Ok(client) = Client::new(addrs, identity, options) else {
         return;

@@ -502,6 +502,7 @@ impl PowerCluster {
                 timeout,
                 attempt_timeout: attempt,
                 backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+                ..ClientOptions::default()
             },
         )
         .expect("a client")
