@@ -609,6 +609,36 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused() {
         "{r:?}"
     );
 
+    // The other way round: a client whose CA file is another cluster's fails at once,
+    // naming the fix, instead of retrying until its timeout.
+    let lost = raft_server::Client::new(
+        (1..=3).map(|i| cluster.addr(i)).collect(),
+        raft_net_quic::Identity::load(
+            &dir.join("other/ca.crt"),
+            &dir.join("certs/client-test.crt"),
+            &dir.join("certs/client-test.key"),
+        )
+        .expect("identity"),
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let started = Instant::now();
+    let r = lost.put("lost", "client").await;
+    eprintln!("untrusted after {:?}: {r:?}", started.elapsed());
+    match &r {
+        Err(e @ ClientError::UntrustedNode { .. }) => {
+            assert!(e.to_string().contains("must be the cluster's CA"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "at once, not after retries"
+    );
+
     assert_eq!(client.get("intruder").await.expect("get"), None);
     let logs: String = (1..=3).map(|id| cluster.log(id)).collect();
     assert!(
