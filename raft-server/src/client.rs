@@ -37,16 +37,24 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// Backoff between attempts: the first delay, doubling up to the second.
     pub backoff: (Duration, Duration),
-    /// How long a node may take to answer the first flight of a handshake (default
-    /// 300 ms). A live node answers it at once, whatever its load; a dead one never
-    /// does, so this is what a dead endpoint costs before the next one is tried.
-    pub connect_timeout: Duration,
-    /// How long a node may stay silent while a request to it is outstanding (default
-    /// 400 ms). Halfway through, the client sends a probe that any live node
-    /// acknowledges at the transport level, busy or not; a node that acknowledges
-    /// nothing for this long counts as down, and the request is retried on another
-    /// node under the same session number (so it is still applied once).
-    pub silence_timeout: Duration,
+    /// Fast failover, part 1: how long a node may take to answer the first flight of
+    /// a handshake before the next node is tried (`None`, the default: the attempt
+    /// timeout). A live, unloaded node answers at once; a dead one never does, so this
+    /// is what a dead endpoint costs. The CLI sets 300 ms.
+    ///
+    /// Off by default because a node overloaded by clients answers late too: in the
+    /// overload test (1,024 clients and 2 CPU hogs on 2 cores) a 300 ms limit made
+    /// clients abandon hundreds of handshakes, whose retries cost the cluster its
+    /// leader. Set it for clients that are few or that do not share the nodes' CPUs.
+    pub connect_timeout: Option<Duration>,
+    /// Fast failover, part 2: how long a connected node may stay silent while a
+    /// request to it is outstanding (`None`, the default: the attempt timeout, then as
+    /// long as packets keep coming). Halfway through, the client sends a probe that a
+    /// live node's transport acknowledges; a node silent for the whole time counts as
+    /// down, and the request is retried on another node under the same session number
+    /// (so it is still applied once). The CLI sets 400 ms. Off by default for the
+    /// reason above.
+    pub silence_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -55,8 +63,21 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             backoff: (Duration::from_millis(20), Duration::from_millis(500)),
-            connect_timeout: Duration::from_millis(300),
-            silence_timeout: Duration::from_millis(400),
+            connect_timeout: None,
+            silence_timeout: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults with fast failover: a 300 ms connect timeout and a 400 ms silence
+    /// timeout (what the CLI uses). A dead endpoint then costs 300 ms, and a killed
+    /// leader about one election; see the fields for when not to use it.
+    pub fn fast_failover() -> ClientOptions {
+        ClientOptions {
+            connect_timeout: Some(Duration::from_millis(300)),
+            silence_timeout: Some(Duration::from_millis(400)),
+            ..ClientOptions::default()
         }
     }
 }
@@ -349,13 +370,14 @@ impl Client {
         let frame = encode(request)?;
         let identity = self.inner.identity.clone();
         let connect_timeout = self.inner.options.connect_timeout;
+        let attempt_timeout = self.inner.options.attempt_timeout;
         let started = Instant::now();
         let ask = async move {
             let conn = raft_net_quic::connect_client_within(
                 &identity,
                 node,
                 runtime()?,
-                Some(connect_timeout),
+                Some(connect_timeout.unwrap_or(attempt_timeout)),
             )
             .await
             .map_err(|e| match connect_failed(e) {
@@ -514,7 +536,8 @@ impl Client {
                     self.suspect(target);
                     self.drop_connection(target).await;
                     self.next_target();
-                    true
+                    // With fast failover, at once; otherwise after the backoff.
+                    o.silence_timeout.is_some()
                 }
                 Some(Attempt::NotSent(e)) => {
                     last_error = format!("{target}: {e}");
@@ -539,12 +562,17 @@ impl Client {
                                 true
                             }
                             _ => {
-                                // An election is on (or the leader named is down): ask
-                                // around again soon, without the growing backoff.
                                 self.next_target();
-                                let left = o.timeout.saturating_sub(started.elapsed());
-                                tokio::time::sleep(o.backoff.0.min(left)).await;
-                                true
+                                // An election is on (or the leader named is down). With
+                                // fast failover, ask around again soon; otherwise after
+                                // the growing backoff.
+                                if o.silence_timeout.is_some() {
+                                    let left = o.timeout.saturating_sub(started.elapsed());
+                                    tokio::time::sleep(o.backoff.0.min(left)).await;
+                                    true
+                                } else {
+                                    false
+                                }
                             }
                         }
                     }
@@ -604,9 +632,12 @@ impl Client {
         deadline: Instant,
     ) -> Option<Attempt> {
         let o = &self.inner.options;
+        let Some(silence_timeout) = o.silence_timeout else {
+            return self.attempt_patiently(target, request, deadline).await;
+        };
         let started = Instant::now();
         let mut attempt = std::pin::pin!(self.attempt(target, request));
-        let tick = (o.silence_timeout / 8).max(Duration::from_millis(5));
+        let tick = (silence_timeout / 8).max(Duration::from_millis(5));
         let mut seen: Option<u64> = None;
         let mut heard = Instant::now();
         let mut probed = false;
@@ -633,13 +664,42 @@ impl Client {
                 }
                 Some(_) => {
                     let silent = heard.elapsed();
-                    if silent >= o.silence_timeout {
+                    if silent >= silence_timeout {
                         return None;
                     }
-                    if !probed && silent >= o.silence_timeout / 2 {
+                    if !probed && silent >= silence_timeout / 2 {
                         probed = true;
                         self.probe(target);
                     }
+                }
+            }
+        }
+    }
+
+    /// Without a silence timeout: past the attempt timeout, keeps waiting for as long
+    /// as the node's connection keeps receiving packets (the node is alive, only
+    /// slow: giving up would cost it a new request and maybe a new handshake under the
+    /// very load that made it slow), up to `deadline`; `None` when the node went
+    /// silent for a whole attempt timeout.
+    async fn attempt_patiently(
+        &self,
+        target: SocketAddr,
+        request: &Request,
+        deadline: Instant,
+    ) -> Option<Attempt> {
+        let patience = self.inner.options.attempt_timeout;
+        let mut attempt = std::pin::pin!(self.attempt(target, request));
+        let mut seen = self.packets_from(target);
+        loop {
+            let wait = patience.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, &mut attempt).await {
+                Ok(a) => return Some(a),
+                Err(_) => {
+                    let now = self.packets_from(target);
+                    if now.is_none() || now <= seen || Instant::now() >= deadline {
+                        return None;
+                    }
+                    seen = now;
                 }
             }
         }
@@ -663,8 +723,12 @@ impl Client {
         }
     }
 
-    /// Records that the node at `addr` was found down.
+    /// Records that the node at `addr` was found down (with fast failover on; without,
+    /// every node is tried in turn as before).
     fn suspect(&self, addr: SocketAddr) {
+        if self.inner.options.silence_timeout.is_none() {
+            return;
+        }
         let mut s = lock(&self.inner.suspects);
         s.retain(|(a, at)| *a != addr && at.elapsed() < SUSPECT_FOR);
         s.push((addr, Instant::now()));
@@ -732,7 +796,7 @@ impl Client {
             &self.inner.identity,
             addr,
             rt,
-            Some(self.inner.options.connect_timeout),
+            self.inner.options.connect_timeout,
         )
         .await
         .map_err(connect_failed)?;
@@ -753,12 +817,13 @@ impl Client {
     /// Opens a lane on `conn`, within the silence timeout (a dead node's connection
     /// may have no stream left to open; the caller holds the connection lock).
     async fn open_lane(&self, conn: &quinn::Connection) -> Result<Lane, Attempt> {
-        match tokio::time::timeout(self.inner.options.silence_timeout, Lane::open(conn)).await {
+        let o = &self.inner.options;
+        let limit = o.silence_timeout.unwrap_or(o.attempt_timeout);
+        match tokio::time::timeout(limit, Lane::open(conn)).await {
             Ok(Ok(lane)) => Ok(lane),
             Ok(Err(e)) => Err(Attempt::NotSent(e)),
             Err(_) => Err(Attempt::NotSent(format!(
-                "no stream could be opened within {:?}",
-                self.inner.options.silence_timeout
+                "no stream could be opened within {limit:?}"
             ))),
         }
     }

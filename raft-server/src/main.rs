@@ -497,9 +497,10 @@ struct Conn {
 
 fn client_from(conn: &ConnArgs) -> Result<(Client, Vec<SocketAddr>), String> {
     let c = conn_from(conn)?;
+    // One command, one client: fast failover cannot feed a reconnection storm here.
     let options = ClientOptions {
         timeout: Duration::from_secs(conn.timeout),
-        ..ClientOptions::default()
+        ..ClientOptions::fast_failover()
     };
     let client = Client::new(c.addrs.clone(), c.identity, options).map_err(|e| e.to_string())?;
     Ok((client, c.addrs))

@@ -24,7 +24,8 @@ fn ms(v: &[Duration]) -> Vec<u64> {
 /// `kv put` with the first listed endpoint dead completes in at most 0.5 s (median of
 /// five runs of the CLI, a process each, so nothing is remembered between them): the
 /// dead node does not answer the handshake, and after the 300 ms connect timeout the
-/// client goes on to the next one. The library client does the same.
+/// client goes on to the next one. The library client with
+/// `ClientOptions::fast_failover()` does the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_first_endpoint_costs_at_most_the_connect_timeout() {
     let _serial = serial().await;
@@ -51,7 +52,12 @@ async fn a_dead_first_endpoint_costs_at_most_the_connect_timeout() {
     let mut library = Vec::new();
     for i in 0..5 {
         // A new client each time: it knows only the list, whose first node is dead.
-        let client = cluster.client(Duration::from_secs(10));
+        let client = Client::new(
+            (1..=3).map(|id| cluster.addr(id)).collect(),
+            cluster.identity(),
+            ClientOptions::fast_failover(),
+        )
+        .unwrap();
         let started = Instant::now();
         client.put(format!("l{i}"), "v").await.unwrap();
         library.push(started.elapsed());
@@ -77,7 +83,8 @@ struct Journal {
     failed: Vec<String>,
 }
 
-/// A long-lived client under closed-loop load (4 writers sharing one client) sees its
+/// A long-lived client with `ClientOptions::fast_failover()`, under closed-loop load
+/// (4 writers sharing one client), sees its
 /// first write acknowledged within 1 s of `kill -9` of the leader (median of 10
 /// trials; the cluster's election timeout is 300-600 ms): the silent leader is given
 /// up after the 400 ms silence timeout, redirects to it are ignored while it is down,
@@ -92,7 +99,7 @@ async fn a_long_lived_client_writes_again_within_a_second_of_the_leader_being_ki
         cluster.identity(),
         ClientOptions {
             timeout: Duration::from_secs(30),
-            ..ClientOptions::default()
+            ..ClientOptions::fast_failover()
         },
     )
     .unwrap();
