@@ -176,6 +176,12 @@ fn encode_response(r: &Response) -> Result<Bytes, LmdbError> {
         .map_err(|e| LmdbError::Invalid(format!("encode a response: {e}")))
 }
 
+/// Whether `key` of the `sessions` table records a node's address (`m <node id>`, as
+/// [`addresses`] reads them): a restore into a new cluster drops these.
+pub fn is_address_key(key: &[u8]) -> bool {
+    key.first() == Some(&b'm')
+}
+
 /// Where `key` is stored in the data table.
 pub fn stored_key(key: &[u8]) -> Vec<u8> {
     if key.len() <= INLINE_KEY {

@@ -4,6 +4,8 @@
 // A command-line tool prints its answers.
 #![allow(clippy::print_stdout)]
 
+mod cli_snapshot;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raft_net_quic::CertRole;
 use raft_net_quic::Identity;
@@ -64,6 +66,12 @@ enum Command {
         conn: ConnArgs,
         #[command(flatten)]
         args: BenchArgs,
+    },
+    /// Back up a running cluster to a file, or build a new cluster's data
+    /// directories from one.
+    Snapshot {
+        #[command(subcommand)]
+        op: cli_snapshot::SnapshotOp,
     },
     /// Create a CA (unless DIR holds one) and certificates for nodes and clients.
     Certs {
@@ -321,6 +329,7 @@ fn main() -> ExitCode {
             Command::Kv { conn, op } => kv(conn, op).await,
             Command::Cluster { conn, op } => cluster(conn, op).await,
             Command::Bench { conn, args } => bench(conn, args).await,
+            Command::Snapshot { op } => cli_snapshot::run(op).await,
             Command::Certs {
                 out,
                 nodes,

@@ -157,6 +157,54 @@ pub enum AdminOp {
     },
     /// Takes a snapshot on the node that receives this now.
     Snapshot,
+    /// Streams a snapshot of the node's state to the client, for a backup. Only on a
+    /// stream of its own (not on a lane): the node answers with [`SaveFrame`]s, a
+    /// header, the snapshot's bytes in chunks, then an end frame.
+    SaveSnapshot,
+}
+
+/// What a node sends on a [`AdminOp::SaveSnapshot`] stream, in this order: one
+/// [`Header`](SaveFrame::Header), [`Chunk`](SaveFrame::Chunk)s holding the snapshot
+/// file's bytes in order, then [`End`](SaveFrame::End). An
+/// [`Error`](SaveFrame::Error) may come instead of any of them, and ends the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaveFrame {
+    /// What the snapshot is.
+    Header(SaveHeader),
+    /// The next bytes of the snapshot file (at most [`SAVE_CHUNK`]).
+    Chunk(Bytes),
+    /// Every byte was sent.
+    End {
+        /// The bytes sent.
+        size: u64,
+        /// SHA-256 of them.
+        sha256: [u8; 32],
+    },
+    /// The save failed; nothing more follows.
+    Error(ServerError),
+}
+
+/// The bytes of snapshot data one [`SaveFrame::Chunk`] carries at most.
+pub const SAVE_CHUNK: usize = 1 << 20;
+
+/// What a snapshot being saved is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveHeader {
+    /// The cluster it belongs to: the hex SHA-256 of the cluster CA certificate (the
+    /// same fingerprint the data directory's `IDENTITY` records).
+    pub cluster: String,
+    /// The node that sent it.
+    pub node: NodeId,
+    /// The node's clock when it began, ms since the Unix epoch.
+    pub taken_at_ms: u64,
+    /// The node confirmed with the leader (a ReadIndex round) that its state held
+    /// every write acknowledged before the save began. `false`: the cluster had no
+    /// leader the node could reach, and the snapshot holds what the node had applied.
+    pub confirmed: bool,
+    /// The entries it covers, and the membership then.
+    pub meta: raft_proto::SnapshotMeta,
+    /// The snapshot file's size in bytes.
+    pub size: u64,
 }
 
 /// A server's answer.

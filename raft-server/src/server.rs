@@ -8,7 +8,7 @@ use crate::kv::{self, Body, Kv, KvCommand};
 use crate::metrics::{self, Exposition, Health, NodeSample, ServerMetrics};
 use crate::proto::{
     self, AdminOp, Consistency, FrameError, FrameLimits, REQUEST_OVERHEAD, ReadOp, Request,
-    Response, ServerError, Status, Tagged, WriteResult,
+    Response, SaveFrame, SaveHeader, ServerError, Status, Tagged, WriteResult,
 };
 use raft_core::node::{
     Environment, LogStore, MachineState, Metrics, Node, NodeOptions, NodeState, SnapshotTask,
@@ -34,6 +34,13 @@ use tokio::task::JoinHandle;
 
 /// The most keys one scan returns.
 pub const MAX_SCAN: u32 = 10_000;
+
+/// How long a snapshot save waits for the leader to confirm the node is up to date;
+/// past it the save goes on with what the node applied, marked unconfirmed.
+const SAVE_BARRIER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a snapshot save waits for a snapshot that covers what was applied.
+const SAVE_SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +204,11 @@ struct Shared {
     addresses: RwLock<BTreeMap<NodeId, SocketAddr>>,
     /// The TLS material in use, its reloads and its expiry.
     certs: Arc<Certificates>,
+    /// The cluster's id in backups: the hex SHA-256 of the CA certificate the data
+    /// directory's `IDENTITY` was checked against.
+    cluster: String,
+    /// Snapshot saves in progress (one at a time).
+    saves: Semaphore,
 }
 
 /// Who sent a request: read from the connection's verified certificate.
@@ -268,6 +280,7 @@ impl Server {
             source,
         })?;
         crate::data_dir::check(&c.data_dir, config.id, &identity.ca)?;
+        let cluster = crate::data_dir::ca_fingerprint(&identity.ca);
         let log = LmdbLogStore::open(c.data_dir.join("log"), EnvConfig::default())?;
         let sm = LmdbStateMachine::open(c.data_dir.join("sm"), Kv, SmConfig::default())?;
         let mut addresses = config.peers.clone();
@@ -360,6 +373,8 @@ impl Server {
             metrics,
             addresses: RwLock::new(addresses),
             certs: certs.clone(),
+            cluster,
+            saves: Semaphore::new(1),
         });
         let mut tasks = Vec::new();
         if let Some(mut clients) = clients {
@@ -557,6 +572,10 @@ impl Shared {
                 match proto::decode::<Request>(&body) {
                     Err(e) => {
                         Response::Error(ServerError::Invalid(format!("undecodable request: {e}")))
+                    }
+                    Ok(Request::Admin(AdminOp::SaveSnapshot)) => {
+                        drop(held);
+                        return self.serve_save(&caller, send).await;
                     }
                     Ok(request) => self.answer(&caller, request, &mut held).await,
                 }
@@ -1015,6 +1034,9 @@ impl Shared {
                 Err(raft_core::TransferError::NotLeader(n)) => Err(self.not_leader(n.leader_hint)),
                 Err(e) => Err(ServerError::Failed(e.to_string())),
             },
+            AdminOp::SaveSnapshot => Err(ServerError::Invalid(
+                "a snapshot save needs a stream of its own (send it as the only request of a stream, as `raft-server snapshot save` does)".into(),
+            )),
             AdminOp::Snapshot => {
                 if self.node.trigger_snapshot().await {
                     Ok(Response::Done)
@@ -1024,6 +1046,158 @@ impl Shared {
                     ))
                 }
             }
+        }
+    }
+
+    /// A snapshot save ([`AdminOp::SaveSnapshot`]) on its own stream: streams the
+    /// node's newest snapshot as [`SaveFrame`]s, or one error frame.
+    async fn serve_save(&self, caller: &Caller, mut send: quinn::SendStream) {
+        let started = Instant::now();
+        match self.save_snapshot(caller, &mut send).await {
+            Ok(header) => {
+                tracing::info!(node = %self.id, client = %caller.info.principal, snapshot = ?header.meta.last_log_id, bytes = header.size, confirmed = header.confirmed, elapsed = ?started.elapsed(), "streamed a snapshot for a backup");
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.id, client = %caller.info.principal, error = %e, "a snapshot save failed");
+                let _ = self.send_save(&mut send, &SaveFrame::Error(e)).await;
+            }
+        }
+        let _ = send.finish();
+    }
+
+    /// Makes sure a snapshot covers every write acknowledged before now (a ReadIndex
+    /// round, then a snapshot at or after what is applied), and streams it. The
+    /// snapshot is a file the state machine wrote from one read transaction: a
+    /// point-in-time view, whatever is applied meanwhile.
+    async fn save_snapshot(
+        &self,
+        caller: &Caller,
+        send: &mut quinn::SendStream,
+    ) -> Result<SaveHeader, ServerError> {
+        self.authorize(caller, &AdminOp::SaveSnapshot)?;
+        let Ok(_permit) = self.saves.try_acquire() else {
+            return Err(ServerError::Busy(
+                "a snapshot save is already in progress on this node".into(),
+            ));
+        };
+        let taken_at_ms = now_ms();
+        let read_index = match tokio::time::timeout(SAVE_BARRIER_WAIT, self.node.read()).await {
+            Ok(Ok(index)) => Some(index),
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.id, error = %e, "a snapshot save could not confirm with the leader that this node is up to date; saving what it applied");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(node = %self.id, "a snapshot save got no confirmation from the leader within {SAVE_BARRIER_WAIT:?}; saving what this node applied");
+                None
+            }
+        };
+        let confirmed = read_index.is_some();
+        let (applied, lost) = self.node.metrics().with(|m| (m.applied, m.state_lost));
+        // Every write acknowledged before the request is at or below the read index,
+        // and applied here once the read returned.
+        let floor = read_index.map_or(applied, |r| r.max(applied));
+        if lost {
+            return Err(ServerError::Failed(
+                "this node lost its state machine's state and waits for a snapshot from the leader; save from another node".into(),
+            ));
+        }
+        let failed =
+            |what: &str, e: &dyn std::fmt::Display| ServerError::Failed(format!("{what}: {e}"));
+        let deadline = Instant::now() + SAVE_SNAPSHOT_WAIT;
+        let meta = loop {
+            let state = self
+                .sm
+                .state()
+                .await
+                .map_err(|e| failed("reading the state machine", &e))?;
+            if let Some(s) = state
+                .snapshot
+                .filter(|s| s.id != 0 && s.last_log_id.index >= floor)
+            {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                return Err(ServerError::Failed(format!(
+                    "no snapshot covering index {} was built within {SAVE_SNAPSHOT_WAIT:?}",
+                    floor.0
+                )));
+            }
+            // False while one is being built: the next round asks again.
+            let _ = self.node.trigger_snapshot().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let pruned = || {
+            ServerError::Failed(format!(
+                "snapshot {:x} was replaced by newer ones during the transfer; retry",
+                meta.id
+            ))
+        };
+        let size = self
+            .sm
+            .snapshot_size(meta.id)
+            .map_err(|e| failed("reading the snapshot's metadata", &e))?
+            .ok_or_else(pruned)?;
+        let header = SaveHeader {
+            cluster: self.cluster.clone(),
+            node: self.id,
+            taken_at_ms,
+            confirmed,
+            meta: meta.clone(),
+            size,
+        };
+        self.send_save(send, &SaveFrame::Header(header.clone()))
+            .await?;
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut offset = 0u64;
+        loop {
+            let (bytes, last) = self
+                .sm
+                .read_snapshot(meta.id, offset, proto::SAVE_CHUNK)
+                .await
+                .map_err(|e| failed("reading the snapshot", &e))?
+                .ok_or_else(pruned)?;
+            if bytes.is_empty() && !last {
+                return Err(ServerError::Failed(format!(
+                    "the snapshot file ended at {offset} bytes of {size}"
+                )));
+            }
+            digest.update(&bytes);
+            offset += bytes.len() as u64;
+            if !bytes.is_empty() {
+                self.send_save(send, &SaveFrame::Chunk(bytes)).await?;
+            }
+            if last {
+                break;
+            }
+        }
+        if offset != size {
+            return Err(ServerError::Failed(format!(
+                "the snapshot file holds {offset} bytes, its metadata says {size}"
+            )));
+        }
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest.finish().as_ref());
+        self.send_save(send, &SaveFrame::End { size, sha256 })
+            .await?;
+        Ok(header)
+    }
+
+    /// Writes one frame of a snapshot save, within the frame timeout.
+    async fn send_save(
+        &self,
+        send: &mut quinn::SendStream,
+        frame: &SaveFrame,
+    ) -> Result<(), ServerError> {
+        let bytes = proto::encode(frame)
+            .map_err(|e| ServerError::Failed(format!("cannot encode a frame: {e}")))?;
+        match tokio::time::timeout(self.limits.timeout, send.write_all(&bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Unknown(format!("the client went away: {e}"))),
+            Err(_) => Err(ServerError::Unknown(format!(
+                "the client read nothing for {:?}",
+                self.limits.timeout
+            ))),
         }
     }
 

@@ -48,6 +48,9 @@ mod worker;
 
 pub use common::{EnvConfig, FORMAT_VERSION, LmdbError};
 pub use log_store::LmdbLogStore;
+pub use snapshot_file::{
+    SnapshotWriter, Table as SnapshotTable, for_each_record as read_snapshot_records,
+};
 pub use state_machine::{
     ApplyContext, ApplyDurability, Db, LmdbStateMachine, Machine, SmConfig, View,
 };

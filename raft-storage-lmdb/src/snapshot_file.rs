@@ -16,20 +16,25 @@ const VERSION: u32 = 1;
 
 /// Which database a record belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Table {
+pub enum Table {
+    /// The application's data.
     Data = 1,
+    /// Client sessions and the application's bookkeeping.
     Sessions = 2,
 }
 
-/// Writes a snapshot file, computing its checksum on the way.
-pub(crate) struct SnapshotWriter<W: Write> {
+/// Writes a snapshot file, computing its checksum on the way. Tools use it to write a
+/// snapshot outside a state machine (a restore that rewrites records); the state
+/// machine installs the result like any received snapshot.
+pub struct SnapshotWriter<W: Write> {
     out: BufWriter<W>,
     crc: u32,
     written: u64,
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    pub(crate) fn new(out: W) -> Result<Self, LmdbError> {
+    /// Starts a file on `out` (its header is written at once).
+    pub fn new(out: W) -> Result<Self, LmdbError> {
         let mut w = SnapshotWriter {
             out: BufWriter::with_capacity(1 << 20, out),
             crc: 0,
@@ -48,12 +53,8 @@ impl<W: Write> SnapshotWriter<W> {
             .map_err(|e| LmdbError::io("write a snapshot", e))
     }
 
-    pub(crate) fn record(
-        &mut self,
-        table: Table,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(), LmdbError> {
+    /// Appends a record of `table`.
+    pub fn record(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), LmdbError> {
         let len = |b: &[u8]| {
             u32::try_from(b.len())
                 .map_err(|_| LmdbError::Invalid("a key or value over 4 GiB".into()))
@@ -66,7 +67,7 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     /// Ends the file; returns the writer, the size and the checksum.
-    pub(crate) fn finish(mut self) -> Result<(W, u64, u32), LmdbError> {
+    pub fn finish(mut self) -> Result<(W, u64, u32), LmdbError> {
         self.put(&[0])?;
         let crc = self.crc;
         self.out
@@ -109,6 +110,95 @@ pub(crate) fn verify_bytes(all: &[u8]) -> Result<u64, LmdbError> {
     }
     records(body, |_, _, _| Ok(()))?;
     Ok(all.len() as u64)
+}
+
+/// Reads a snapshot file from `input` one record at a time and calls `f` for each;
+/// checks the framing on the way and the trailer's CRC32C at the end, and that nothing
+/// follows it. Returns the file's size. Memory stays within one record: a length is
+/// never allocated before its bytes arrive.
+///
+/// `f` sees records before the checksum is checked: what it does is tentative until
+/// this returns `Ok`.
+pub fn for_each_record<R: Read>(
+    input: R,
+    mut f: impl FnMut(Table, &[u8], &[u8]) -> Result<(), LmdbError>,
+) -> Result<u64, LmdbError> {
+    /// Counts and checksums what passes through.
+    struct Summing<R> {
+        inner: R,
+        crc: u32,
+        read: u64,
+    }
+    impl<R: Read> Read for Summing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+    let bad = |what: String| LmdbError::corrupt("snapshot", what);
+    let failed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bad("truncated: the file ends inside a record".into())
+        } else {
+            LmdbError::io("read a snapshot", e)
+        }
+    };
+    let mut r = Summing {
+        inner: BufReader::with_capacity(1 << 20, input),
+        crc: 0,
+        read: 0,
+    };
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head).map_err(failed)?;
+    if &head[..8] != MAGIC {
+        return Err(bad("bad magic".into()));
+    }
+    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if version != VERSION {
+        return Err(bad(format!("unknown snapshot version {version}")));
+    }
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    let field = |r: &mut Summing<BufReader<R>>, out: &mut Vec<u8>| {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(failed)?;
+        let len = u64::from(u32::from_le_bytes(len));
+        out.clear();
+        let got = r.by_ref().take(len).read_to_end(out).map_err(failed)?;
+        if got as u64 != len {
+            return Err(bad("truncated: the file ends inside a record".into()));
+        }
+        Ok(())
+    };
+    loop {
+        let mut kind = [0u8; 1];
+        r.read_exact(&mut kind).map_err(failed)?;
+        let table = match kind[0] {
+            0 => break,
+            1 => Table::Data,
+            2 => Table::Sessions,
+            other => return Err(bad(format!("unknown record kind {other}"))),
+        };
+        field(&mut r, &mut key)?;
+        field(&mut r, &mut value)?;
+        f(table, &key, &value)?;
+    }
+    let expected = r.crc;
+    let mut trailer = [0u8; 4];
+    r.inner.read_exact(&mut trailer).map_err(failed)?;
+    let actual = u32::from_le_bytes(trailer);
+    if expected != actual {
+        return Err(bad(format!(
+            "checksum {expected:08x} does not match the trailer's {actual:08x}"
+        )));
+    }
+    let mut more = [0u8; 1];
+    match r.inner.read(&mut more) {
+        Ok(0) => Ok(r.read + 4),
+        Ok(_) => Err(bad("bytes after the trailer".into())),
+        Err(e) => Err(LmdbError::io("read a snapshot", e)),
+    }
 }
 
 /// Calls `f` for every record of a verified snapshot body (without the trailer).
@@ -193,6 +283,42 @@ mod tests {
             verify(&bytes[..bytes.len() - 1]).is_err(),
             "a truncated file went unnoticed"
         );
+    }
+
+    #[test]
+    fn the_streaming_reader_sees_every_record_and_refuses_any_damage() {
+        let mut w = SnapshotWriter::new(Vec::new()).expect("writer");
+        w.record(Table::Data, b"k1", b"v1").expect("record");
+        w.record(Table::Sessions, b"m\0", &[9; 300])
+            .expect("record");
+        w.record(Table::Data, b"", b"").expect("record");
+        let (bytes, size, _) = w.finish().expect("finish");
+        let mut seen = Vec::new();
+        let read = for_each_record(&bytes[..], |t, k, v| {
+            seen.push((t, k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .expect("valid");
+        assert_eq!(read, size);
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[1], (Table::Sessions, b"m\0".to_vec(), vec![9; 300]));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                for_each_record(&bad[..], |_, _, _| Ok(())).is_err(),
+                "a flipped bit at {i} went unnoticed"
+            );
+        }
+        for len in 0..bytes.len() {
+            assert!(
+                for_each_record(&bytes[..len], |_, _, _| Ok(())).is_err(),
+                "a file cut to {len} bytes was accepted"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(for_each_record(&longer[..], |_, _, _| Ok(())).is_err());
     }
 
     /// `bytes` with its trailer replaced by the right checksum of the rest.

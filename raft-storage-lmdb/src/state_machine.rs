@@ -454,6 +454,20 @@ impl<M: Machine> LmdbStateMachine<M> {
         &self.shared.dir
     }
 
+    /// The size of snapshot `id`'s file, as its metadata records it; `None` if no such
+    /// snapshot is listed (never built, or pruned). With
+    /// [`read_snapshot`](StateMachine::read_snapshot) it lets a tool stream a snapshot
+    /// out (a backup) knowing its length up front.
+    pub fn snapshot_size(&self, id: u64) -> Result<Option<u64>, LmdbError> {
+        Ok(self
+            .shared
+            .snapshots
+            .list()?
+            .into_iter()
+            .find(|s| s.meta.id == id)
+            .map(|s| s.size))
+    }
+
     /// Bytes the live environment's file takes on disk.
     pub fn disk_size(&self) -> Result<u64, LmdbError> {
         Ok(self.shared.current().env.real_disk_size()?)

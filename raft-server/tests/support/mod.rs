@@ -137,6 +137,16 @@ impl TestCluster {
     /// Creates certificates (with the `certs` command) and configurations for nodes
     /// `1..=n`, adjusted by `tweak`, and starts them.
     pub fn start(n: u64, tweak: fn(&mut ServerConfig)) -> TestCluster {
+        let mut cluster = Self::configure(n, tweak);
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Like [`start`](Self::start), but starts no node: their data directories can be
+    /// prepared first (a restore), then each started with [`spawn`](Self::spawn).
+    pub fn configure(n: u64, tweak: fn(&mut ServerConfig)) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let certs = dir.path().join("certs");
         let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
@@ -187,16 +197,12 @@ impl TestCluster {
             ),
         )
         .expect("write client.toml");
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             nodes,
             client_file,
             tweak,
-        };
-        for id in 1..=n {
-            cluster.spawn(id);
         }
-        cluster
     }
 
     fn node_files(dir: &Path, config: ServerConfig) -> NodeProc {
