@@ -107,7 +107,8 @@ struct RunArgs {
     /// Data directory.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Directory with ca.crt, node<ID>.crt and node<ID>.key.
+    /// Directory with ca.crt, node<ID>.crt and node<ID>.key (with --config, these
+    /// three replace the file's ca, cert and key).
     #[arg(long)]
     certs: Option<PathBuf>,
     /// HTTP address for /metrics and /health.
@@ -387,6 +388,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         if let Some(d) = &args.data {
             config.data_dir = d.clone();
+        }
+        // Like every other flag, --certs overrides the file: the same three paths as
+        // without --config, for the (possibly overridden) id.
+        if let Some(certs) = &args.certs {
+            let named = ServerConfig::new(config.id, &config.listen, &config.data_dir, certs);
+            config.ca = named.ca;
+            config.cert = named.cert;
+            config.key = named.key;
         }
     }
     if !args.peers.is_empty() {
