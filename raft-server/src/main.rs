@@ -4,7 +4,7 @@
 // A command-line tool prints its answers.
 #![allow(clippy::print_stdout)]
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use raft_net_quic::CertRole;
 use raft_net_quic::Identity;
 use raft_proto::{Bytes, NodeId};
@@ -86,6 +86,12 @@ enum Command {
         /// Days a new CA is valid (an existing CA in --out is kept as it is).
         #[arg(long, default_value_t = raft_net_quic::tls::CA_VALIDITY_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
         ca_days: u32,
+    },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell),
+    /// e.g. `raft-server completions bash > /etc/bash_completion.d/raft-server`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -322,6 +328,15 @@ fn main() -> ExitCode {
             Command::Kv { conn, op } => kv(conn, op).await,
             Command::Cluster { conn, op } => cluster(conn, op).await,
             Command::Bench { conn, args } => bench(conn, args).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "raft-server",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
             Command::Certs {
                 out,
                 nodes,
