@@ -1,18 +1,25 @@
 //! `raft-server`: run a node, a local dev cluster, the KV and cluster clients, and
 //! certificate generation.
+//!
+//! Exit codes (the README's "Scripting the CLI" lists them too): 0 success, 1 an error
+//! (network, refusal, unreadable files...), 2 a wrong command line, 3 `kv get` of a key
+//! that is not set, 4 `kv cas` that found another value.
 
 // A command-line tool prints its answers.
 #![allow(clippy::print_stdout)]
 
 mod cli_snapshot;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use raft_net_quic::CertRole;
 use raft_net_quic::Identity;
 use raft_proto::{Bytes, NodeId};
 use raft_server::dev::{ClientFile, DevLayout, ValidityDays, describe, make_certs_valid};
-use raft_server::proto::{AdminOp, Consistency, Status};
+use raft_server::proto::{AdminOp, Consistency, Status, WriteResult};
 use raft_server::{Client, ClientOptions, Server, ServerConfig};
+use serde_json::{Map, Value, json};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +56,8 @@ enum Command {
     Kv {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        out: OutputArgs,
         #[command(subcommand)]
         op: KvOp,
     },
@@ -56,6 +65,8 @@ enum Command {
     Cluster {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        out: OutputArgs,
         #[command(subcommand)]
         op: ClusterOp,
     },
@@ -95,6 +106,27 @@ enum Command {
         #[arg(long, default_value_t = raft_net_quic::tls::CA_VALIDITY_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
         ca_days: u32,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell),
+    /// e.g. `raft-server completions bash > /etc/bash_completion.d/raft-server`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How `kv` and `cluster` commands print their answers.
+#[derive(Args)]
+struct OutputArgs {
+    /// Output format: text (for people), or json (one JSON document per command, on
+    /// standard output).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -115,7 +147,8 @@ struct RunArgs {
     /// Data directory.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Directory with ca.crt, node<ID>.crt and node<ID>.key.
+    /// Directory with ca.crt, node<ID>.crt and node<ID>.key (with --config, these
+    /// three replace the file's ca, cert and key).
     #[arg(long)]
     certs: Option<PathBuf>,
     /// HTTP address for /metrics and /health.
@@ -149,26 +182,58 @@ struct DevArgs {
     check: bool,
 }
 
+/// Where the nodes are and which certificate to use. Each setting comes from its flag,
+/// else its environment variable, else the client file's; a `--client-config` given on
+/// the command line also beats the `RAFT_ENDPOINTS`/`RAFT_CA`/`RAFT_CERT`/`RAFT_KEY`
+/// variables (see [`conn_from`]).
 #[derive(Args)]
 struct ConnArgs {
     /// A client file (nodes, ca, cert, key); default raft-dev/client.toml.
-    #[arg(long)]
+    #[arg(long, env = "RAFT_CLIENT_CONFIG")]
     client_config: Option<PathBuf>,
     /// Node addresses, comma-separated (instead of the client file's).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "RAFT_ENDPOINTS")]
     nodes: Vec<String>,
     /// CA certificate.
-    #[arg(long)]
+    #[arg(long, env = "RAFT_CA")]
     ca: Option<PathBuf>,
     /// Client certificate.
-    #[arg(long)]
+    #[arg(long, env = "RAFT_CERT")]
     cert: Option<PathBuf>,
     /// Client key.
-    #[arg(long)]
+    #[arg(long, env = "RAFT_KEY")]
     key: Option<PathBuf>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Which of the settings above came from environment variables (filled in by
+    /// `main` from the parser's matches).
+    #[arg(skip)]
+    from_env: FromEnv,
+}
+
+/// Which connection settings were taken from environment variables rather than flags.
+#[derive(Clone, Copy, Default)]
+struct FromEnv {
+    client_config: bool,
+    nodes: bool,
+    ca: bool,
+    cert: bool,
+    key: bool,
+}
+
+impl FromEnv {
+    /// Reads the sources from the matches of the subcommand that holds the `ConnArgs`.
+    fn of(matches: &clap::ArgMatches) -> FromEnv {
+        let env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+        FromEnv {
+            client_config: env("client_config"),
+            nodes: env("nodes"),
+            ca: env("ca"),
+            cert: env("cert"),
+            key: env("key"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -243,24 +308,42 @@ enum KvOp {
         stale: bool,
     },
     /// Set a key.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        #[command(flatten)]
+        value: ValueArgs,
+    },
     /// Remove a key.
     Delete { key: String },
     /// Compare and swap: set KEY to --new (or remove it with --remove) if its value is
-    /// --expected (or it is absent, with --absent).
+    /// --expected (or it is absent, with --absent). Exits with 4 if it is not.
     Cas {
         key: String,
-        #[arg(long, conflicts_with = "absent")]
+        /// The value KEY must have.
+        #[arg(long, conflicts_with_all = ["absent", "expected_file"], required_unless_present_any = ["absent", "expected_file"])]
         expected: Option<String>,
+        /// Read the expected value from this file (`-`: standard input), byte for byte.
+        #[arg(long, value_name = "PATH", conflicts_with = "absent")]
+        expected_file: Option<PathBuf>,
+        /// Swap only if KEY is not set.
         #[arg(long)]
         absent: bool,
-        #[arg(long, conflicts_with = "remove")]
+        /// The new value.
+        #[arg(long, conflicts_with_all = ["remove", "value_file"], required_unless_present_any = ["remove", "value_file"])]
         new: Option<String>,
+        /// Read the new value from this file (`-`: standard input), byte for byte.
+        #[arg(long, value_name = "PATH", conflicts_with = "remove")]
+        value_file: Option<PathBuf>,
+        /// Remove KEY instead of setting it.
         #[arg(long)]
         remove: bool,
     },
     /// Append to a key's value.
-    Append { key: String, value: String },
+    Append {
+        key: String,
+        #[command(flatten)]
+        value: ValueArgs,
+    },
     /// List keys with a prefix (or from --start to --end).
     Scan {
         #[arg(long, default_value = "")]
@@ -274,6 +357,17 @@ enum KvOp {
         #[arg(long)]
         stale: bool,
     },
+}
+
+/// A value to write: an argument, standard input or a file.
+#[derive(Args)]
+struct ValueArgs {
+    /// The value (`-`: read it from standard input, byte for byte).
+    #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+    value: Option<String>,
+    /// Read the value from this file (`-`: standard input), byte for byte.
+    #[arg(long, value_name = "PATH")]
+    value_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -309,8 +403,64 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// Why a command failed; each kind has its own exit code.
+enum Failure {
+    /// Exit code 1: the command could not be carried out (network, refusal by the
+    /// server, unreadable files...).
+    Error(String),
+    /// Exit code 2, as for clap's own errors: the command line is wrong.
+    Usage(String),
+    /// Exit code 3: `kv get` of a key that is not set.
+    NotFound(String),
+    /// Exit code 4: `kv cas` found another value than the expected one.
+    CasMismatch(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Error(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::NotFound(_) => 3,
+            Failure::CasMismatch(_) => 4,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Error(m)
+            | Failure::Usage(m)
+            | Failure::NotFound(m)
+            | Failure::CasMismatch(m) => m,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Error(message)
+    }
+}
+
+impl From<raft_server::ClientError> for Failure {
+    fn from(e: raft_server::ClientError) -> Failure {
+        Failure::Error(e.to_string())
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some((_, sub)) = matches.subcommand()
+        && let Command::Kv { conn, .. }
+        | Command::Cluster { conn, .. }
+        | Command::Bench { conn, .. } = &mut cli.command
+    {
+        conn.from_env = FromEnv::of(sub);
+    }
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -325,11 +475,20 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Dev(args) => dev(args).await,
-            Command::Kv { conn, op } => kv(conn, op).await,
-            Command::Cluster { conn, op } => cluster(conn, op).await,
-            Command::Bench { conn, args } => bench(conn, args).await,
-            Command::Snapshot { op } => cli_snapshot::run(op).await,
+            Command::Dev(args) => Ok(dev(args).await?),
+            Command::Kv { conn, out, op } => kv(conn, out.output, op).await,
+            Command::Cluster { conn, out, op } => cluster(conn, out.output, op).await,
+            Command::Bench { conn, args } => Ok(bench(conn, args).await?),
+            Command::Snapshot { op } => Ok(cli_snapshot::run(op).await?),
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "raft-server",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
             Command::Certs {
                 out,
                 nodes,
@@ -368,21 +527,23 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("error: {}", failure.message());
+            ExitCode::from(failure.code())
         }
     }
 }
 
-async fn run(args: RunArgs) -> Result<(), String> {
+async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut config = match &args.config {
         Some(path) => ServerConfig::load(path).map_err(|e| e.to_string())?,
         None => {
             let (Some(id), Some(listen), Some(data), Some(certs)) =
                 (args.id, &args.listen, &args.data, &args.certs)
             else {
-                return Err("give --config FILE, or --id, --listen, --data and --certs".into());
+                return Err(Failure::Usage(
+                    "give --config FILE, or --id, --listen, --data and --certs".into(),
+                ));
             };
             ServerConfig::new(id, listen, data, certs)
         }
@@ -396,6 +557,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         if let Some(d) = &args.data {
             config.data_dir = d.clone();
+        }
+        // Like every other flag, --certs overrides the file: the same three paths as
+        // without --config, for the (possibly overridden) id.
+        if let Some(certs) = &args.certs {
+            let named = ServerConfig::new(config.id, &config.listen, &config.data_dir, certs);
+            config.ca = named.ca;
+            config.cert = named.cert;
+            config.key = named.key;
         }
     }
     if !args.peers.is_empty() {
@@ -434,7 +603,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
     server.shutdown().await;
-    outcome
+    Ok(outcome?)
 }
 
 /// SIGHUP (Unix): reload the certificates. Never fires elsewhere, or if the handler
@@ -515,7 +684,26 @@ fn client_from(conn: &ConnArgs) -> Result<(Client, Vec<SocketAddr>), String> {
     Ok((client, c.addrs))
 }
 
+/// The connection settings: each from its flag, else its environment variable, else
+/// the client file. A client file named on the command line (not by
+/// `RAFT_CLIENT_CONFIG`) also beats the other variables, so that `--client-config
+/// other.toml` talks to the cluster that file describes whatever the shell exports.
 fn conn_from(conn: &ConnArgs) -> Result<Conn, String> {
+    let file_typed = conn.client_config.is_some() && !conn.from_env.client_config;
+    // A setting from a variable, when the client file was typed: dropped.
+    let setting = |value: &Option<PathBuf>, from_env: bool| {
+        value.clone().filter(|_| !(file_typed && from_env))
+    };
+    let (ca, cert, key) = (
+        setting(&conn.ca, conn.from_env.ca),
+        setting(&conn.cert, conn.from_env.cert),
+        setting(&conn.key, conn.from_env.key),
+    );
+    let nodes: &[String] = if file_typed && conn.from_env.nodes {
+        &[]
+    } else {
+        &conn.nodes
+    };
     let file = conn
         .client_config
         .clone()
@@ -534,19 +722,21 @@ fn conn_from(conn: &ConnArgs) -> Result<Conn, String> {
                 what: &str|
      -> Result<PathBuf, String> {
         flag.clone().or_else(|| f.cloned()).ok_or_else(|| {
-            format!("no {what}: pass --{what}, or --client-config FILE (raft-dev/client.toml, written by `raft-server dev`, is the default)")
+            format!("no {what}: pass --{what} (or set RAFT_{}), or --client-config FILE (raft-dev/client.toml, written by `raft-server dev`, is the default)", what.to_uppercase())
         })
     };
-    let ca = pick(&conn.ca, from_file.as_ref().map(|f| &f.ca), "ca")?;
-    let cert = pick(&conn.cert, from_file.as_ref().map(|f| &f.cert), "cert")?;
-    let key = pick(&conn.key, from_file.as_ref().map(|f| &f.key), "key")?;
-    let nodes: Vec<String> = if conn.nodes.is_empty() {
+    let ca = pick(&ca, from_file.as_ref().map(|f| &f.ca), "ca")?;
+    let cert = pick(&cert, from_file.as_ref().map(|f| &f.cert), "cert")?;
+    let key = pick(&key, from_file.as_ref().map(|f| &f.key), "key")?;
+    // Typed on this command line, not exported in the environment.
+    let explicit = !nodes.is_empty() && !conn.from_env.nodes;
+    let nodes: Vec<String> = if nodes.is_empty() {
         from_file.map(|f| f.nodes).unwrap_or_default()
     } else {
-        conn.nodes.clone()
+        nodes.to_vec()
     };
     if nodes.is_empty() {
-        return Err("no node addresses: pass --nodes HOST:PORT,... or --client-config FILE".into());
+        return Err("no node addresses: pass --nodes HOST:PORT,... (or set RAFT_ENDPOINTS), or --client-config FILE".into());
     }
     let addrs = nodes
         .iter()
@@ -556,7 +746,7 @@ fn conn_from(conn: &ConnArgs) -> Result<Conn, String> {
     Ok(Conn {
         addrs,
         identity,
-        explicit: !conn.nodes.is_empty(),
+        explicit,
     })
 }
 
@@ -575,7 +765,85 @@ fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
     None
 }
 
-async fn kv(conn: ConnArgs, op: KvOp) -> Result<(), String> {
+/// Longest value `kv` reads from standard input or a file (the server refuses values
+/// over its own `max_value_bytes`, 1 MiB by default, anyway).
+const MAX_VALUE_INPUT: u64 = 64 << 20;
+
+/// The bytes of the file at `path` (`-`: standard input), at most [`MAX_VALUE_INPUT`].
+fn read_value(path: &Path) -> Result<Bytes, Failure> {
+    let stdin = path == Path::new("-");
+    let name = if stdin {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let mut buf = Vec::new();
+    let read = if stdin {
+        std::io::stdin()
+            .lock()
+            .take(MAX_VALUE_INPUT + 1)
+            .read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_VALUE_INPUT + 1).read_to_end(&mut buf))
+    };
+    read.map_err(|e| Failure::Error(format!("{name}: {e}")))?;
+    if buf.len() as u64 > MAX_VALUE_INPUT {
+        return Err(Failure::Error(format!(
+            "{name}: longer than {MAX_VALUE_INPUT} bytes, the most a value may be"
+        )));
+    }
+    Ok(Bytes::from(buf))
+}
+
+impl ValueArgs {
+    /// The value: the argument, or the bytes of standard input (`-`) or of `--value-file`.
+    fn read(self) -> Result<Bytes, Failure> {
+        match (self.value, self.value_file) {
+            (Some(v), None) if v == "-" => read_value(Path::new("-")),
+            (Some(v), None) => Ok(Bytes::from(v)),
+            (None, Some(path)) => read_value(&path),
+            _ => Err(Failure::Usage(
+                "give VALUE, `-` (standard input) or --value-file PATH".into(),
+            )),
+        }
+    }
+}
+
+/// Sets `doc[field]` to `value`: a JSON string when it is UTF-8, `null` when absent,
+/// else its base64 (standard alphabet, padded) with `doc[field_encoding] = "base64"`.
+fn put_bytes(doc: &mut Map<String, Value>, field: &str, value: Option<&Bytes>) {
+    let Some(value) = value else {
+        doc.insert(field.into(), Value::Null);
+        return;
+    };
+    match std::str::from_utf8(value) {
+        Ok(text) => {
+            doc.insert(field.into(), text.into());
+        }
+        Err(_) => {
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+            doc.insert(field.into(), encoded.into());
+            doc.insert(format!("{field}_encoding"), "base64".into());
+        }
+    }
+}
+
+/// The JSON answer to a write: its key and the index it committed at.
+fn write_doc(key: &str, index: u64) -> Map<String, Value> {
+    let mut doc = Map::new();
+    doc.insert("key".into(), key.into());
+    doc.insert("index".into(), index.into());
+    doc
+}
+
+/// Prints one JSON document on one line.
+fn emit(doc: impl Into<Value>) {
+    println!("{}", doc.into());
+}
+
+async fn kv(conn: ConnArgs, output: Output, op: KvOp) -> Result<(), Failure> {
+    let json = output == Output::Json;
     let (client, _) = client_from(&conn)?;
     let consistency = |stale: bool| {
         if stale {
@@ -584,65 +852,118 @@ async fn kv(conn: ConnArgs, op: KvOp) -> Result<(), String> {
             Consistency::Linearizable
         }
     };
-    let e = |e: raft_server::ClientError| e.to_string();
     match op {
-        KvOp::Get { key, stale } => match client
-            .get_with(key.clone(), consistency(stale))
-            .await
-            .map_err(e)?
-        {
-            Some(v) => println!("{}", show(&v)),
-            None => return Err(format!("{key:?} is not set")),
-        },
+        KvOp::Get { key, stale } => {
+            let value = client.get_with(key.clone(), consistency(stale)).await?;
+            if json {
+                let mut doc = Map::new();
+                doc.insert("key".into(), key.clone().into());
+                put_bytes(&mut doc, "value", value.as_ref());
+                emit(doc);
+            } else if let Some(v) = &value {
+                println!("{}", show(v));
+            }
+            if value.is_none() {
+                return Err(Failure::NotFound(format!("{key:?} is not set")));
+            }
+        }
         KvOp::Put { key, value } => {
-            let w = client.put(key, value).await.map_err(e)?;
-            println!("OK (committed at index {})", w.index);
+            let w = client.put(key.clone(), value.read()?).await?;
+            if json {
+                let mut doc = write_doc(&key, w.index);
+                if let WriteResult::Previous(previous) = &w.result {
+                    put_bytes(&mut doc, "previous", previous.as_ref());
+                }
+                emit(doc);
+            } else {
+                println!("OK (committed at index {})", w.index);
+            }
         }
         KvOp::Delete { key } => {
-            let w = client.delete(key).await.map_err(e)?;
-            println!("OK (committed at index {})", w.index);
+            let w = client.delete(key.clone()).await?;
+            if json {
+                let mut doc = write_doc(&key, w.index);
+                if let WriteResult::Previous(previous) = &w.result {
+                    put_bytes(&mut doc, "previous", previous.as_ref());
+                }
+                emit(doc);
+            } else {
+                println!("OK (committed at index {})", w.index);
+            }
         }
         KvOp::Cas {
             key,
             expected,
+            expected_file,
             absent,
             new,
+            value_file,
             remove,
         } => {
-            if expected.is_none() && !absent {
-                return Err("give --expected VALUE or --absent".into());
+            let stdin = Some(Path::new("-"));
+            if expected_file.as_deref() == stdin && value_file.as_deref() == stdin {
+                return Err(Failure::Usage(
+                    "only one of --expected-file and --value-file can be `-` (standard input)"
+                        .into(),
+                ));
             }
-            if new.is_none() && !remove {
-                return Err("give --new VALUE or --remove".into());
-            }
-            let w = client
-                .cas(key, expected.map(Bytes::from), new.map(Bytes::from))
-                .await
-                .map_err(e)?;
-            match w.result {
-                raft_server::proto::WriteResult::Cas { swapped: true, .. } => {
-                    println!("swapped (committed at index {})", w.index)
-                }
-                raft_server::proto::WriteResult::Cas {
-                    swapped: false,
-                    current,
-                } => {
-                    return Err(format!(
-                        "not swapped: the value is {:?}",
-                        current.as_ref().map(show)
+            let expected = match (expected, expected_file, absent) {
+                (Some(v), None, false) => Some(Bytes::from(v)),
+                (None, Some(path), false) => Some(read_value(&path)?),
+                (None, None, true) => None,
+                _ => {
+                    return Err(Failure::Usage(
+                        "give one of --expected VALUE, --expected-file PATH or --absent".into(),
                     ));
                 }
-                other => println!("{other:?}"),
+            };
+            let new = match (new, value_file, remove) {
+                (Some(v), None, false) => Some(Bytes::from(v)),
+                (None, Some(path), false) => Some(read_value(&path)?),
+                (None, None, true) => None,
+                _ => {
+                    return Err(Failure::Usage(
+                        "give one of --new VALUE, --value-file PATH or --remove".into(),
+                    ));
+                }
+            };
+            let w = client.cas(key.clone(), expected, new).await?;
+            let WriteResult::Cas { swapped, current } = w.result else {
+                return Err(Failure::Error(format!(
+                    "unexpected answer to a compare-and-swap: {:?}",
+                    w.result
+                )));
+            };
+            if json {
+                let mut doc = write_doc(&key, w.index);
+                doc.insert("swapped".into(), swapped.into());
+                put_bytes(&mut doc, "current", current.as_ref());
+                emit(doc);
+            } else if swapped {
+                println!("swapped (committed at index {})", w.index);
+            }
+            if !swapped {
+                return Err(Failure::CasMismatch(format!(
+                    "not swapped: the value is {:?}",
+                    current.as_ref().map(show)
+                )));
             }
         }
         KvOp::Append { key, value } => {
-            let w = client.append(key, value).await.map_err(e)?;
-            match w.result {
-                raft_server::proto::WriteResult::Appended { len } => println!(
+            let w = client.append(key.clone(), value.read()?).await?;
+            match (json, w.result) {
+                (true, result) => {
+                    let mut doc = write_doc(&key, w.index);
+                    if let WriteResult::Appended { len } = result {
+                        doc.insert("len".into(), len.into());
+                    }
+                    emit(doc);
+                }
+                (false, WriteResult::Appended { len }) => println!(
                     "OK (committed at index {}; the value is now {len} bytes)",
                     w.index
                 ),
-                other => println!("OK (committed at index {}; {other:?})", w.index),
+                (false, other) => println!("OK (committed at index {}; {other:?})", w.index),
             }
         }
         KvOp::Scan {
@@ -660,10 +981,20 @@ async fn kv(conn: ConnArgs, op: KvOp) -> Result<(), String> {
                         .or_else(|| prefix_end(prefix.as_bytes())),
                 ),
             };
-            let (items, more) = client
-                .scan(start, end, limit, consistency(stale))
-                .await
-                .map_err(e)?;
+            let (items, more) = client.scan(start, end, limit, consistency(stale)).await?;
+            if json {
+                let items: Vec<Value> = items
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut item = Map::new();
+                        put_bytes(&mut item, "key", Some(k));
+                        put_bytes(&mut item, "value", Some(v));
+                        Value::Object(item)
+                    })
+                    .collect();
+                emit(json!({ "items": items, "more": more }));
+                return Ok(());
+            }
             for (k, v) in &items {
                 println!("{}\t{}", show(k), show(v));
             }
@@ -673,6 +1004,39 @@ async fn kv(conn: ConnArgs, op: KvOp) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `cluster status` as one JSON document: every node's view (or why it did not
+/// answer), and the members as the first node that answered knows them.
+fn status_json(s: &[(SocketAddr, Result<Status, String>)]) -> Value {
+    let nodes: Vec<Value> = s
+        .iter()
+        .map(|(addr, st)| match st {
+            Ok(st) => json!({
+                "address": addr.to_string(),
+                "id": st.id.0,
+                "role": st.role,
+                "term": st.term,
+                "leader": st.leader.map(|l| l.0),
+                "last_index": st.last_index,
+                "committed": st.committed,
+                "applied": st.applied,
+                "snapshot": st.snapshot,
+            }),
+            Err(e) => json!({ "address": addr.to_string(), "error": e }),
+        })
+        .collect();
+    let members = |v: &[(NodeId, String)]| -> Vec<Value> {
+        v.iter()
+            .map(|(id, a)| json!({ "id": id.0, "address": a }))
+            .collect()
+    };
+    let first = s.iter().find_map(|(_, s)| s.as_ref().ok());
+    json!({
+        "nodes": nodes,
+        "voters": first.map(|st| members(&st.voters)).unwrap_or_default(),
+        "learners": first.map(|st| members(&st.learners)).unwrap_or_default(),
+    })
 }
 
 fn print_status(s: &[(SocketAddr, Result<Status, String>)]) {
@@ -723,9 +1087,9 @@ async fn statuses(
     .await
 }
 
-async fn cluster(conn: ConnArgs, op: ClusterOp) -> Result<(), String> {
+async fn cluster(conn: ConnArgs, output: Output, op: ClusterOp) -> Result<(), Failure> {
+    let json = output == Output::Json;
     let (client, addrs) = client_from(&conn)?;
-    let e = |e: raft_server::ClientError| e.to_string();
     match op {
         ClusterOp::Status => {
             let s = statuses(&client, &addrs).await;
@@ -742,23 +1106,43 @@ async fn cluster(conn: ConnArgs, op: ClusterOp) -> Result<(), String> {
                 .into_iter()
                 .collect();
             all.extend(statuses(&client, &extra).await);
-            print_status(&all);
+            if json {
+                emit(status_json(&all));
+            } else {
+                print_status(&all);
+            }
         }
         ClusterOp::AddLearner { id, addr } => {
-            client.add_learner(NodeId(id), &addr).await.map_err(e)?;
-            println!("node {id} ({addr}) added as a learner; promote it once it has caught up");
+            client.add_learner(NodeId(id), &addr).await?;
+            if json {
+                emit(json!({ "op": "add-learner", "id": id, "address": addr }));
+            } else {
+                println!("node {id} ({addr}) added as a learner; promote it once it has caught up");
+            }
         }
         ClusterOp::Promote { id } => {
-            client.promote(NodeId(id)).await.map_err(e)?;
-            println!("node {id} is a voter");
+            client.promote(NodeId(id)).await?;
+            if json {
+                emit(json!({ "op": "promote", "id": id }));
+            } else {
+                println!("node {id} is a voter");
+            }
         }
         ClusterOp::Remove { id } => {
-            client.remove(NodeId(id)).await.map_err(e)?;
-            println!("node {id} removed");
+            client.remove(NodeId(id)).await?;
+            if json {
+                emit(json!({ "op": "remove", "id": id }));
+            } else {
+                println!("node {id} removed");
+            }
         }
         ClusterOp::TransferLeader { id } => {
-            client.transfer_leader(NodeId(id)).await.map_err(e)?;
-            println!("leadership transfer to node {id} started");
+            client.transfer_leader(NodeId(id)).await?;
+            if json {
+                emit(json!({ "op": "transfer-leader", "id": id }));
+            } else {
+                println!("leadership transfer to node {id} started");
+            }
         }
         ClusterOp::Snapshot { node } => {
             let target = match node {
@@ -767,10 +1151,19 @@ async fn cluster(conn: ConnArgs, op: ClusterOp) -> Result<(), String> {
             };
             let (one, _) = client_from(&ConnArgs {
                 nodes: vec![target.to_string()],
+                // The node chosen here, whatever the environment says.
+                from_env: FromEnv {
+                    nodes: false,
+                    ..conn.from_env
+                },
                 ..conn
             })?;
-            one.admin(AdminOp::Snapshot).await.map_err(e)?;
-            println!("snapshot started on {target}");
+            one.admin(AdminOp::Snapshot).await?;
+            if json {
+                emit(json!({ "op": "snapshot", "node": target.to_string() }));
+            } else {
+                println!("snapshot started on {target}");
+            }
         }
     }
     Ok(())
@@ -874,6 +1267,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         cert: None,
         key: None,
         timeout: 10,
+        from_env: FromEnv::default(),
     };
     let (client, addrs) = client_from(&conn)?;
     // Wait for a leader.
