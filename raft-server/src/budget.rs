@@ -89,6 +89,26 @@ impl Reservation {
     }
 }
 
+/// What one client request holds until its answer is written: its frame's bytes and
+/// its answer's (a value or a scan read).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The request frame's reservation.
+    pub request: Option<Reservation>,
+    /// The answer's reservation.
+    pub answer: Option<Reservation>,
+}
+
+impl Held {
+    /// What holds a request of `request`'s reservation.
+    pub fn request(request: Reservation) -> Held {
+        Held {
+            request: Some(request),
+            answer: None,
+        }
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);

@@ -838,6 +838,19 @@ fn write_doc(key: &str, index: u64) -> Map<String, Value> {
 }
 
 /// Prints one JSON document on one line.
+/// Prints a put's or a delete's outcome: the index and, in JSON, the value before.
+fn print_replaced(json: bool, key: &str, w: &raft_server::proto::Written) {
+    if json {
+        let mut doc = write_doc(key, w.index);
+        if let WriteResult::Previous(previous) = &w.result {
+            put_bytes(&mut doc, "previous", previous.as_ref());
+        }
+        emit(doc);
+    } else {
+        println!("OK (committed at index {})", w.index);
+    }
+}
+
 fn emit(doc: impl Into<Value>) {
     println!("{}", doc.into());
 }
@@ -869,27 +882,11 @@ async fn kv(conn: ConnArgs, output: Output, op: KvOp) -> Result<(), Failure> {
         }
         KvOp::Put { key, value } => {
             let w = client.put(key.clone(), value.read()?).await?;
-            if json {
-                let mut doc = write_doc(&key, w.index);
-                if let WriteResult::Previous(previous) = &w.result {
-                    put_bytes(&mut doc, "previous", previous.as_ref());
-                }
-                emit(doc);
-            } else {
-                println!("OK (committed at index {})", w.index);
-            }
+            print_replaced(json, &key, &w);
         }
         KvOp::Delete { key } => {
             let w = client.delete(key.clone()).await?;
-            if json {
-                let mut doc = write_doc(&key, w.index);
-                if let WriteResult::Previous(previous) = &w.result {
-                    put_bytes(&mut doc, "previous", previous.as_ref());
-                }
-                emit(doc);
-            } else {
-                println!("OK (committed at index {})", w.index);
-            }
+            print_replaced(json, &key, &w);
         }
         KvOp::Cas {
             key,

@@ -1,7 +1,7 @@
 //! One KV server node: LMDB stores, the QUIC transport (peers and clients on one UDP
 //! port), the Raft `Node`, the client request handler, address bookkeeping, metrics.
 
-use crate::budget::{ByteBudget, Reservation};
+use crate::budget::{ByteBudget, Held, Reservation};
 use crate::certificates::{self, CertFiles, Certificates};
 use crate::config::{ConfigError, Validated};
 use crate::kv::{self, Body, Kv, KvCommand};
@@ -560,7 +560,6 @@ impl Shared {
         len: [u8; 4],
         deadline: tokio::time::Instant,
     ) {
-        let mut held = Vec::new();
         let read = proto::read_request(&mut recv, &self.limits, Some(len), Some(deadline), false);
         let response = match read.await {
             Err(e) => {
@@ -568,7 +567,7 @@ impl Shared {
                 Response::Error(self.frame_refused(&caller, e))
             }
             Ok((body, reservation)) => {
-                held.push(reservation);
+                let mut held = Held::request(reservation);
                 match proto::decode::<Request>(&body) {
                     Err(e) => {
                         Response::Error(ServerError::Invalid(format!("undecodable request: {e}")))
@@ -665,7 +664,7 @@ impl Shared {
         });
         let mut pending = futures::stream::FuturesUnordered::new();
         let mut out = Vec::new();
-        let mut held: Vec<Reservation> = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
         let mut open = true;
         loop {
             tokio::select! {
@@ -674,22 +673,22 @@ impl Shared {
                         let server = self.clone();
                         let caller = caller.clone();
                         pending.push(async move {
-                            let mut held = vec![reservation];
+                            let mut held = Held::request(reservation);
                             let body = server.answer(&caller, body, &mut held).await;
                             (Tagged { id, body }, held)
                         }.boxed());
                     }
                     Some(Item::Refused(answer)) => {
-                        pending.push(async move { (answer, Vec::new()) }.boxed());
+                        pending.push(async move { (answer, Held::default()) }.boxed());
                     }
                     None => open = false,
                 },
                 Some((answer, h)) = pending.next(), if !pending.is_empty() => {
                     self.encode_answer(&answer, &mut out);
-                    held.extend(h);
+                    held.push(h);
                     while let Some(Some((answer, h))) = pending.next().now_or_never() {
                         self.encode_answer(&answer, &mut out);
-                        held.extend(h);
+                        held.push(h);
                     }
                     let write = tokio::time::timeout(self.limits.timeout, send.write_all(&out));
                     if !matches!(write.await, Ok(Ok(()))) {
@@ -722,13 +721,8 @@ impl Shared {
     }
 
     /// Handles a request within the request timeout, and counts it. Bytes the answer
-    /// holds (a value read) are added to `held`, given back once it is written.
-    async fn answer(
-        &self,
-        caller: &Caller,
-        request: Request,
-        held: &mut Vec<Reservation>,
-    ) -> Response {
+    /// holds (a value read) go into `held`, given back once it is written.
+    async fn answer(&self, caller: &Caller, request: Request, held: &mut Held) -> Response {
         let started = Instant::now();
         let m = &self.metrics;
         let Ok(_permit) = self.in_flight.try_acquire() else {
@@ -756,12 +750,7 @@ impl Shared {
         response
     }
 
-    async fn handle(
-        &self,
-        caller: &Caller,
-        request: Request,
-        held: &mut Vec<Reservation>,
-    ) -> Response {
+    async fn handle(&self, caller: &Caller, request: Request, held: &mut Held) -> Response {
         let result = match request {
             Request::Register => {
                 let c = &self.config.config;
@@ -890,7 +879,7 @@ impl Shared {
         &self,
         op: ReadOp,
         consistency: Consistency,
-        held: &mut Vec<Reservation>,
+        held: &mut Held,
     ) -> Result<Response, ServerError> {
         if consistency == Consistency::Linearizable {
             match self.node.read().await {
@@ -917,7 +906,7 @@ impl Shared {
                     .map_err(|e| ServerError::Failed(format!("read failed: {e}")))?;
                 let size = value.as_ref().map_or(0, |v| v.len() as u64);
                 if size > REQUEST_OVERHEAD {
-                    held.push(self.limits.budget.try_reserve(size).ok_or_else(|| {
+                    held.answer = Some(self.limits.budget.try_reserve(size).ok_or_else(|| {
                         self.metrics.requests_busy.inc();
                         ServerError::Busy(format!(
                             "this node holds {} bytes of requests and answers in flight; a value of {size} bytes must wait",
@@ -975,7 +964,7 @@ impl Shared {
                             .sum(),
                     );
                 }
-                held.push(room);
+                held.answer = Some(room);
                 Ok(r)
             }
             Ok(Err(e)) => Err(ServerError::Failed(format!("read failed: {e}"))),
