@@ -82,16 +82,7 @@ impl<W: Write> SnapshotWriter<W> {
     }
 }
 
-/// Checks a whole snapshot file's checksum and framing; returns its size.
-pub(crate) fn verify<R: Read>(input: R) -> Result<u64, LmdbError> {
-    let mut r = BufReader::with_capacity(1 << 20, input);
-    let mut all = Vec::new();
-    r.read_to_end(&mut all)
-        .map_err(|e| LmdbError::io("read a received snapshot", e))?;
-    verify_bytes(&all)
-}
-
-/// [`verify`] on a file already in memory: the trailer's CRC32C over every byte
+/// Checks a whole snapshot file in memory: the trailer's CRC32C over every byte
 /// before it, then every record's framing up to the end record; returns the size.
 pub(crate) fn verify_bytes(all: &[u8]) -> Result<u64, LmdbError> {
     let Some((body, trailer)) = all.split_last_chunk::<4>() else {
@@ -257,7 +248,7 @@ mod tests {
         w.record(Table::Sessions, b"c", b"").expect("record");
         let (bytes, size, _) = w.finish().expect("finish");
         assert_eq!(size as usize, bytes.len());
-        assert_eq!(verify(&bytes[..]).expect("valid"), size);
+        assert_eq!(verify_bytes(&bytes[..]).expect("valid"), size);
         let mut seen = Vec::new();
         records(&bytes[..bytes.len() - 4], |t, k, v| {
             seen.push((t, k.to_vec(), v.to_vec()));
@@ -275,12 +266,12 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
             assert!(
-                verify(&bad[..]).is_err(),
+                verify_bytes(&bad[..]).is_err(),
                 "a flipped bit at {i} went unnoticed"
             );
         }
         assert!(
-            verify(&bytes[..bytes.len() - 1]).is_err(),
+            verify_bytes(&bytes[..bytes.len() - 1]).is_err(),
             "a truncated file went unnoticed"
         );
     }
