@@ -73,6 +73,14 @@ pub enum Action {
     /// applied so far, in action order), make it durable, give it a fresh `meta.id`,
     /// then call [`Raft::snapshot_built`](crate::Raft::snapshot_built). May run in the
     /// background while applies go on.
+    ///
+    /// **A build that finishes after a newer snapshot was installed** (an
+    /// [`Action::InstallSnapshot`] carried out while it ran) is the older snapshot:
+    /// the store must keep the newest by last log id as its snapshot (it may keep the
+    /// older file as a previous one, or delete it), and `snapshot_built` ignores a
+    /// snapshot older than the core's (no compaction follows it). Publishing it in
+    /// place of the newer one would leave a snapshot behind a log already purged past
+    /// it, and the node could not restart.
     BuildSnapshot {
         /// What the snapshot covers; the state machine fills in `id`.
         meta: SnapshotMeta,

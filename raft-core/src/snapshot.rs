@@ -80,6 +80,8 @@ impl Raft {
     /// The state machine built the snapshot asked for with [`Action::BuildSnapshot`]
     /// and made it durable (`Some`), or failed to (`None`; it will be asked again).
     /// The log is then compacted behind it, keeping `snapshot_keep_entries` entries.
+    /// A snapshot older than the current one (the build finished after a newer one
+    /// was installed; see [`Action::BuildSnapshot`]) is ignored.
     pub fn snapshot_built(&mut self, meta: Option<SnapshotMeta>) {
         self.snapshot_building = None;
         if let Some(meta) = meta {

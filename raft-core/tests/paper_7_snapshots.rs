@@ -454,3 +454,52 @@ fn paper_7_a_restart_resumes_from_the_snapshot_and_the_kept_log() {
         "snapshot + re-applied tail = the same state"
     );
 }
+
+#[test]
+fn paper_7_a_snapshot_build_that_finishes_after_a_newer_install_is_ignored() {
+    // A follower starts building a snapshot in the background, falls behind the
+    // leader's compacted log, installs the leader's newer snapshot, and only then does
+    // its own build finish. The older snapshot must not replace the newer one: the
+    // core keeps the installed snapshot and purges nothing for the old one, the store
+    // keeps the newest by index, and the node restarts from it.
+    let mut c = Cluster::new_with(3, |cfg| {
+        cfg.snapshot_entries = 5;
+        cfg.snapshot_keep_entries = 0;
+    });
+    c.elect(n(1));
+    c.nodes.get_mut(&n(3)).expect("node 3").slow_snapshot_builds = true;
+    propose_many(&mut c, 5);
+    c.settle();
+    let building = c.node(n(3)).builds.front().map(|(m, _)| m.last_log_id);
+    let Some(building) = building else {
+        panic!("node 3 was not asked for a snapshot");
+    };
+    assert_eq!(c.raft(n(3)).log().snapshot().last_log_id.index, LogIndex(0));
+
+    c.isolate(n(3));
+    propose_many(&mut c, 12);
+    c.settle();
+    c.heal();
+    c.ticks(3);
+    c.settle();
+    let installed = c.raft(n(3)).log().snapshot().last_log_id;
+    assert!(
+        c.node(n(3)).snapshots_installed >= 1 && installed.index > building.index,
+        "node 3 should have installed a snapshot newer than its build at {building:?}; it has {installed:?}"
+    );
+    let purged = c.raft(n(3)).log().purged();
+
+    c.finish_builds(n(3));
+    assert_eq!(c.raft(n(3)).log().snapshot().last_log_id, installed);
+    assert_eq!(c.raft(n(3)).log().purged(), purged);
+    assert_eq!(c.node(n(3)).disk.snapshot.last_log_id, installed);
+
+    c.restart(n(3));
+    c.ticks(3);
+    c.settle();
+    assert_eq!(
+        c.applied_commands(n(3)).last(),
+        c.applied_commands(n(1)).last()
+    );
+    assert_eq!(c.node(n(3)).state, c.node(n(1)).state);
+}

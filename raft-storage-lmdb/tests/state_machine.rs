@@ -511,3 +511,81 @@ fn a_truncated_or_damaged_snapshot_is_refused_and_the_state_kept() {
         assert_eq!(x.as_deref(), Some(&b"mine"[..]), "after a {what} snapshot");
     }
 }
+
+#[test]
+fn a_snapshot_build_that_finishes_after_a_newer_install_stays_the_older_snapshot() {
+    // Paper §7 with a background build: a build at 25 is still writing (slowed down
+    // here) when a snapshot at 31 from the leader is installed. When the build finishes
+    // it is published as the *older* snapshot: the newest (by last log id) stays 31,
+    // after a restart too, and a rebuild from the snapshots uses 31.
+    let root = tempfile::tempdir().unwrap();
+    let source =
+        LmdbStateMachine::open(root.path().join("leader"), Kv, SmConfig::default()).unwrap();
+    let entries: Vec<_> = (1..=31)
+        .map(|i| entry(i, kv_command("append", "x", &format!("{i},"))))
+        .collect();
+    let meta31 = futures::executor::block_on(async {
+        source.apply(&entries).await.unwrap();
+        source.begin_snapshot(meta_at(31)).await.unwrap()
+    });
+    let (bytes31, done) = futures::executor::block_on(source.read_snapshot(meta31.id, 0, 1 << 20))
+        .unwrap()
+        .unwrap();
+    assert!(done);
+
+    let dir = root.path().join("follower");
+    let slow = SmConfig {
+        snapshot_write_rate: Some(64 << 10),
+        snapshot_sync_bytes: 64 << 10,
+        ..SmConfig::default()
+    };
+    let sm = LmdbStateMachine::open(&dir, Kv, slow).unwrap();
+    let big = "y".repeat(8 << 10);
+    let mut mine: Vec<_> = (1..=24)
+        .map(|i| entry(i, kv_command("put", &format!("big{i}"), &big)))
+        .collect();
+    mine.push(entry(25, kv_command("put", "x", "from-25")));
+    futures::executor::block_on(sm.apply(&mine)).unwrap();
+    let started = std::time::Instant::now();
+    let build = sm.begin_snapshot(meta_at(25));
+    futures::executor::block_on(async {
+        sm.receive_snapshot(&meta31, 0, bytes31.clone())
+            .await
+            .unwrap();
+        sm.install_snapshot(&meta31).await.unwrap();
+    });
+    let installed_after = started.elapsed();
+    let built = futures::executor::block_on(build).unwrap();
+    let built_after = started.elapsed();
+    // ~200 KiB at 64 KiB/s: the build takes seconds, the install milliseconds.
+    assert!(
+        built_after > installed_after + std::time::Duration::from_millis(500),
+        "the build (done after {built_after:?}) should finish well after the install ({installed_after:?})"
+    );
+    assert_eq!(built.last_log_id.index, LogIndex(25));
+    let expected: String = (1..=31).map(|i| format!("{i},")).collect();
+    let check = |sm: &LmdbStateMachine<Kv>, what: &str| {
+        let state = state_of(sm);
+        assert_eq!(state.applied.index, LogIndex(31), "{what}");
+        assert_eq!(
+            state.snapshot.map(|s| s.last_log_id.index),
+            Some(LogIndex(31)),
+            "{what}: the newest snapshot"
+        );
+        let (x, _) = x_and_applied(sm);
+        assert_eq!(x.as_deref(), Some(expected.as_bytes()), "{what}");
+    };
+    check(&sm, "after the build finished");
+    drop(sm);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let sm = LmdbStateMachine::open(&dir, Kv, SmConfig::default()).unwrap();
+    check(&sm, "after a restart");
+    drop(sm);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Only the snapshots: the state is rebuilt from the newest, 31.
+    let rebuilt = root.path().join("rebuilt");
+    std::fs::create_dir_all(&rebuilt).unwrap();
+    std::fs::rename(dir.join("snapshots"), rebuilt.join("snapshots")).unwrap();
+    let sm = LmdbStateMachine::open(&rebuilt, Kv, SmConfig::default()).unwrap();
+    check(&sm, "rebuilt from the snapshots");
+}

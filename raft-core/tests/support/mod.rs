@@ -49,6 +49,17 @@ impl Disk {
         }
     }
 
+    /// Stores a snapshot that became durable. The newest by last log id stays: a build
+    /// that finishes after a newer snapshot was installed is older, and a store keeps
+    /// (or drops) it as an older one, never in place of the newer (see
+    /// `Action::BuildSnapshot`).
+    pub fn store_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
+        if meta.last_log_id.index >= self.snapshot.last_log_id.index {
+            self.snapshot = meta;
+            self.snapshot_data = data;
+        }
+    }
+
     pub fn purge(&mut self, up_to: LogId) {
         self.entries.retain(|e| e.log_id.index > up_to.index);
         self.purged = up_to;
@@ -81,6 +92,11 @@ pub struct TestNode {
     /// When true, snapshot chunk reads wait in `chunk_reads` until `read_chunks`.
     pub slow_chunk_reads: bool,
     pub chunk_reads: VecDeque<Action>,
+    /// When true, snapshot builds run "in the background": each captures the state
+    /// when asked (as a copy-on-write read transaction does) and finishes only at
+    /// `finish_builds`.
+    pub slow_snapshot_builds: bool,
+    pub builds: VecDeque<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl TestNode {
@@ -131,6 +147,8 @@ impl TestNode {
             snapshots_installed: 0,
             slow_chunk_reads: false,
             chunk_reads: VecDeque::new(),
+            slow_snapshot_builds: false,
+            builds: VecDeque::new(),
         }
     }
 
@@ -277,9 +295,13 @@ impl Cluster {
             Action::BuildSnapshot { mut meta } => {
                 node.snapshots_built += 1;
                 meta.id = (id.0 << 32) | node.snapshots_built as u64;
-                node.disk.snapshot_data = encode_frame(&node.state).expect("encodable");
-                node.disk.snapshot = meta.clone();
-                node.raft.snapshot_built(Some(meta));
+                let data = encode_frame(&node.state).expect("encodable");
+                if node.slow_snapshot_builds {
+                    node.builds.push_back((meta, data));
+                } else {
+                    node.disk.store_snapshot(meta.clone(), data);
+                    node.raft.snapshot_built(Some(meta));
+                }
             }
             Action::PurgeLog { up_to, .. } => node.disk.purge(up_to),
             Action::ReadSnapshotChunk { .. } if node.slow_chunk_reads => {
@@ -497,6 +519,16 @@ impl Cluster {
                 .get_mut(&id)
                 .expect("node exists")
                 .slow_chunk_reads = true;
+        }
+        self.process(id);
+    }
+
+    /// Finishes `id`'s snapshot builds held by `slow_snapshot_builds`, oldest first.
+    pub fn finish_builds(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        while let Some((meta, data)) = node.builds.pop_front() {
+            node.disk.store_snapshot(meta.clone(), data);
+            node.raft.snapshot_built(Some(meta));
         }
         self.process(id);
     }
