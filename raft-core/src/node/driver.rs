@@ -59,6 +59,7 @@ pub(crate) fn spawn(
     );
     let next_tick = env.runtime.now() + tick;
     let runtime = env.runtime.clone();
+    let machine_applied = raft.status().applied;
     let driver = Driver {
         raft,
         env_log: env.log,
@@ -84,6 +85,7 @@ pub(crate) fn spawn(
         blocked: None,
         blocked_on_hard_state: false,
         waiting: VecDeque::new(),
+        machine_applied,
     };
     runtime.spawn(driver.run().boxed());
 }
@@ -120,6 +122,10 @@ pub(crate) struct Driver {
     blocked_on_hard_state: bool,
     /// Actions taken from the core while a storage step is in flight, in order.
     waiting: VecDeque<Action>,
+    /// What the state machine has applied, as its task reported. The core counts a
+    /// snapshot as applied when it asks for the install; the metrics wait for the
+    /// install itself, as they promise "what its state machine has applied".
+    machine_applied: LogIndex,
 }
 
 /// A storage step the driver waits for before it carries out later actions.
@@ -142,8 +148,7 @@ impl Driver {
             if self.fatal.is_some() || self.shutdown.is_some() {
                 break;
             }
-            self.metrics
-                .publish(metrics_of(&self.raft, NodeState::Running));
+            self.publish(NodeState::Running);
             futures::future::poll_fn(|cx| self.poll_inputs(cx)).await;
         }
         // A clean stop carries out what is queued first, as a node without a driver
@@ -262,7 +267,10 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Applied(index) => self.raft.applied(index),
+            Event::Applied(index) => {
+                self.machine_applied = index;
+                self.raft.applied(index);
+            }
             Event::SnapshotBuilt(meta) => self.raft.snapshot_built(meta),
             Event::ChunkRead {
                 to,
@@ -355,7 +363,10 @@ impl Driver {
         match done {
             Ok(Done::Written(Some(last))) => self.raft.persisted(last),
             Ok(Done::Written(None) | Done::Purged) => {}
-            Ok(Done::Installed(index)) => self.drop_covered_waiters(index),
+            Ok(Done::Installed(index)) => {
+                self.machine_applied = index;
+                self.drop_covered_waiters(index);
+            }
             Err(e) => {
                 tracing::error!(node = %self.raft.id(), error = %e, "storage failed; stopping the node");
                 self.fatal = Some(e.to_string());
@@ -476,6 +487,12 @@ impl Driver {
         }
     }
 
+    fn publish(&self, state: NodeState) {
+        let mut metrics = metrics_of(&self.raft, state);
+        metrics.applied = metrics.applied.min(self.machine_applied);
+        self.metrics.publish(metrics);
+    }
+
     fn hand_to_apply(&mut self, job: Job) {
         if self.apply_tx.unbounded_send(job).is_err() {
             self.fatal = Some("the apply task stopped".to_string());
@@ -560,8 +577,7 @@ impl Driver {
         for (_, reply) in self.reads.drain() {
             let _ = reply.send(Err(ReadError::Stopped));
         }
-        self.metrics
-            .publish(metrics_of(&self.raft, NodeState::Stopped(reason)));
+        self.publish(NodeState::Stopped(reason));
         if let Some(reply) = self.shutdown.take() {
             let _ = reply.send(());
         }
