@@ -14,7 +14,7 @@ use raft_net_quic::frame::put_frame;
 use raft_proto::{
     AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload,
     Envelope, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex, Membership, Message,
-    NodeId, ReadId, ReadIndexRequest, ReadIndexResponse, ReadIndexResult, SnapshotMeta,
+    NodeId, NodeRecord, ReadId, ReadIndexRequest, ReadIndexResponse, ReadIndexResult, SnapshotMeta,
     SnapshotOutcome, SnapshotRequest, Term, TimeoutNow, VoteRequest, VoteResponse,
 };
 use raft_server::ServerConfig;
@@ -62,6 +62,7 @@ fn envelopes() -> Vec<(&'static str, Message)> {
         membership: Membership {
             voters: [NodeId(1), NodeId(2), NodeId(3)].into(),
             learners: [NodeId(4)].into(),
+            nodes: [(NodeId(4), NodeRecord::new("127.0.0.1:7004"))].into(),
         },
         id: 0x5eed_0001,
     };

@@ -19,17 +19,21 @@
 
 use crate::progress::Progress;
 use crate::raft::{Raft, RoleState};
-use raft_proto::{EntryPayload, LogId, Membership, Message, NodeId, TimeoutNow};
+use raft_proto::{EntryPayload, LogId, Membership, Message, NodeId, NodeRecord, TimeoutNow};
 
 /// One change of the cluster's membership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ConfChange {
-    /// Add a node as a learner: it receives the log but does not vote.
-    AddLearner(NodeId),
+    /// Add a node as a learner, with its record (how to reach it): it receives the
+    /// log but does not vote. Every node learns the record from the log.
+    AddLearner(NodeId, NodeRecord),
     /// Make a caught-up learner a voter.
     Promote(NodeId),
-    /// Remove a voter (the leader included) or a learner.
+    /// Remove a voter (the leader included) or a learner, and its record.
     Remove(NodeId),
+    /// Replace a member's record (it moved to another address). Changes no vote, but
+    /// is a configuration change like the others: one at a time.
+    SetNode(NodeId, NodeRecord),
 }
 
 /// Why [`Raft::change_membership`] refused a change.
@@ -114,14 +118,17 @@ impl Raft {
             return Err(MembershipError::InProgress { pending });
         }
         let mut next = self.membership.clone();
-        match change {
-            ConfChange::AddLearner(id) => {
+        match &change {
+            ConfChange::AddLearner(id, node) => {
+                let id = *id;
                 if next.contains(id) {
                     return Err(MembershipError::AlreadyMember(id));
                 }
                 next.learners.insert(id);
+                next.nodes.insert(id, node.clone());
             }
             ConfChange::Promote(id) => {
+                let id = *id;
                 if !next.learners.contains(&id) {
                     return Err(if next.voters.contains(&id) {
                         MembershipError::AlreadyMember(id)
@@ -142,6 +149,7 @@ impl Raft {
                 next.voters.insert(id);
             }
             ConfChange::Remove(id) => {
+                let id = *id;
                 if !next.contains(id) {
                     return Err(MembershipError::NotAMember(id));
                 }
@@ -150,6 +158,14 @@ impl Raft {
                 }
                 next.voters.remove(&id);
                 next.learners.remove(&id);
+                next.nodes.remove(&id);
+            }
+            ConfChange::SetNode(id, node) => {
+                let id = *id;
+                if !next.contains(id) {
+                    return Err(MembershipError::NotAMember(id));
+                }
+                next.nodes.insert(id, node.clone());
             }
         }
         tracing::info!(node = %self.id, ?change, "membership change");

@@ -789,6 +789,17 @@ impl Raft {
             )
         };
         self.log.check();
+        let m = &self.membership;
+        assert!(
+            m.voters.is_disjoint(&m.learners),
+            "{}: voters and learners overlap in {m:?}",
+            ctx()
+        );
+        assert!(
+            m.nodes.keys().all(|&id| m.contains(id)),
+            "{}: a record of a non-member in {m:?}",
+            ctx()
+        );
         let last = self.log.last_log_id();
         assert!(
             self.hard_state.term >= last.term,

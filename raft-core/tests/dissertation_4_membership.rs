@@ -5,11 +5,17 @@ mod support;
 
 use raft_core::{ConfChange, Config, MembershipError, NotLeader, Role};
 use raft_proto::{
-    AppendEntries, Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, VoteRequest,
+    AppendEntries, Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, NodeRecord,
+    VoteRequest,
 };
 use support::{Cluster, drain, n, sends};
 
 fn no_tune(_: &mut Config) {}
+
+/// Node `id`'s record: where the others reach it.
+fn record(id: u64) -> NodeRecord {
+    NodeRecord::new(format!("10.0.0.{id}:7000"))
+}
 
 /// A 3-node cluster led by node 1, with node 4 started but not yet a member.
 fn with_spare_node() -> Cluster {
@@ -30,7 +36,7 @@ fn dissertation_4_2_1_a_learner_gets_the_log_but_never_votes_nor_counts() {
     // §4.2.1: new servers join as non-voting members; "the leader replicates log entries
     // to them, but they are not yet counted towards majorities".
     let mut c = with_spare_node();
-    change(&mut c, ConfChange::AddLearner(n(4))).expect("added");
+    change(&mut c, ConfChange::AddLearner(n(4), record(4))).expect("added");
     c.propose(n(1), "x");
     c.ticks(2);
     assert_eq!(
@@ -81,7 +87,7 @@ fn dissertation_4_2_1_a_learner_is_promoted_only_once_caught_up() {
     let mut c = Cluster::new_with(3, |cfg| cfg.promote_lag_entries = 2);
     c.add_node(n(4), |cfg| cfg.promote_lag_entries = 2);
     c.elect(n(1));
-    change(&mut c, ConfChange::AddLearner(n(4))).expect("added");
+    change(&mut c, ConfChange::AddLearner(n(4), record(4))).expect("added");
     c.isolate(n(4));
     for i in 0..5 {
         c.propose(n(1), &format!("c{i}"));
@@ -114,7 +120,7 @@ fn dissertation_4_1_a_configuration_takes_effect_when_appended() {
     c.isolate(n(3));
     let id = c
         .raft_mut(n(1))
-        .change_membership(ConfChange::AddLearner(n(4)))
+        .change_membership(ConfChange::AddLearner(n(4), record(4)))
         .expect("appended");
     assert!(
         c.raft(n(1)).membership().learners.contains(&n(4)),
@@ -149,6 +155,7 @@ fn dissertation_4_1_an_uncommitted_configuration_is_rolled_back_with_its_entry()
     let learner = Membership {
         voters: [n(1), n(2), n(3)].into(),
         learners: [n(4)].into(),
+        nodes: [(n(4), record(4))].into(),
     };
     c.raft_mut(n(2)).step(
         n(1),
@@ -193,7 +200,7 @@ fn dissertation_4_1_one_change_at_a_time() {
     c.isolate(n(3));
     let pending = c
         .raft_mut(n(1))
-        .change_membership(ConfChange::AddLearner(n(4)))
+        .change_membership(ConfChange::AddLearner(n(4), record(4)))
         .expect("first");
     assert_eq!(
         c.raft_mut(n(1)).change_membership(ConfChange::Remove(n(3))),
@@ -228,13 +235,13 @@ fn dissertation_4_1_a_new_leader_first_commits_an_entry_of_its_term() {
     let leader = leader.expect("node 2 or 3 wins");
     assert_eq!(
         c.raft_mut(leader)
-            .change_membership(ConfChange::AddLearner(n(4))),
+            .change_membership(ConfChange::AddLearner(n(4), record(4))),
         Err(MembershipError::LeaderNotReady)
     );
     c.tick(leader);
     assert!(
         c.raft_mut(leader)
-            .change_membership(ConfChange::AddLearner(n(4)))
+            .change_membership(ConfChange::AddLearner(n(4), record(4)))
             .is_ok()
     );
 }
@@ -300,7 +307,7 @@ fn dissertation_4_1_invalid_changes_are_refused_with_a_reason() {
     let mut c = with_spare_node();
     let r = |c: &mut Cluster, ch| c.raft_mut(n(1)).change_membership(ch);
     assert_eq!(
-        r(&mut c, ConfChange::AddLearner(n(2))),
+        r(&mut c, ConfChange::AddLearner(n(2), record(2))),
         Err(MembershipError::AlreadyMember(n(2)))
     );
     assert_eq!(
@@ -317,7 +324,7 @@ fn dissertation_4_1_invalid_changes_are_refused_with_a_reason() {
     );
     assert_eq!(
         c.raft_mut(n(2))
-            .change_membership(ConfChange::AddLearner(n(4))),
+            .change_membership(ConfChange::AddLearner(n(4), record(4))),
         Err(MembershipError::NotLeader(NotLeader {
             leader_hint: Some(n(1))
         }))
@@ -345,7 +352,7 @@ fn dissertation_4_2_1_a_new_node_catches_up_by_snapshot_then_leads() {
         c.propose(n(1), &format!("c{i}"));
     }
     assert!(c.raft(n(1)).log().first_index() > LogIndex(1), "compacted");
-    change(&mut c, ConfChange::AddLearner(n(4))).expect("added");
+    change(&mut c, ConfChange::AddLearner(n(4), record(4))).expect("added");
     c.ticks(5);
     assert!(
         c.node(n(4)).snapshots_installed >= 1,
@@ -407,4 +414,38 @@ fn dissertation_4_1_servers_vote_without_consulting_their_own_configuration() {
         matches!(&answer[0].1, Message::VoteResponse(r) if r.granted),
         "{answer:?}"
     );
+}
+
+#[test]
+fn dissertation_4_a_members_record_travels_with_its_configuration_and_leaves_with_it() {
+    // A node's record (its address) is part of the configuration that adds it, so
+    // every node learns it from the log (with the configuration, as soon as the entry
+    // is appended); a SetNode change replaces it; removing the node removes it.
+    let mut c = with_spare_node();
+    change(&mut c, ConfChange::AddLearner(n(4), record(4))).expect("added");
+    for id in c.ids() {
+        assert_eq!(
+            c.raft(id).membership().node(n(4)),
+            Some(&record(4)),
+            "node {id}"
+        );
+    }
+    let moved = NodeRecord::new("10.0.1.4:7000");
+    change(&mut c, ConfChange::SetNode(n(4), moved.clone())).expect("moved");
+    for id in c.ids() {
+        assert_eq!(
+            c.raft(id).membership().node(n(4)),
+            Some(&moved),
+            "node {id}"
+        );
+        assert!(c.raft(id).membership().is_voter(n(1)), "node {id}");
+    }
+    assert_eq!(
+        change(&mut c, ConfChange::SetNode(n(9), record(9))),
+        Err(MembershipError::NotAMember(n(9)))
+    );
+    change(&mut c, ConfChange::Remove(n(4))).expect("removed");
+    for id in c.ids().into_iter().filter(|&id| id != n(4)) {
+        assert_eq!(c.raft(id).membership().node(n(4)), None, "node {id}");
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::{Bytes, LogId, NodeId, Term};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One entry of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +20,10 @@ impl Entry {
             EntryPayload::Blank => 0,
             EntryPayload::Command(b) => b.len(),
             // A rough size: membership entries are rare and small.
-            EntryPayload::Membership(m) => 8 * (m.voters.len() + m.learners.len()),
+            EntryPayload::Membership(m) => {
+                8 * (m.voters.len() + m.learners.len())
+                    + m.nodes.values().map(|n| 8 + n.address.len()).sum::<usize>()
+            }
         }
     }
 }
@@ -38,10 +41,12 @@ pub enum EntryPayload {
     Membership(Membership),
 }
 
-/// A cluster configuration: who votes, and who only receives the log.
+/// A cluster configuration: who votes, who only receives the log, and how to reach
+/// them.
 ///
-/// Invariant: `voters` and `learners` are disjoint, and `voters` is non-empty in any
-/// configuration a cluster runs with.
+/// Invariants: `voters` and `learners` are disjoint, `voters` is non-empty in any
+/// configuration a cluster runs with, and every key of `nodes` is a voter or a
+/// learner (a removed member's record goes with it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
     /// Members whose votes and acknowledgements count toward quorums.
@@ -49,6 +54,29 @@ pub struct Membership {
     /// Non-voting members (learners): they receive the log but never vote and are
     /// never counted in a quorum.
     pub learners: BTreeSet<NodeId>,
+    /// What the cluster records about its members (an address), replicated with the
+    /// configuration itself, so every node learns it from the log. A member without a
+    /// record is reached some other way (a static peer list, or a transport that needs
+    /// no address).
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+/// What a configuration records about one member: how to reach it (openraft's node
+/// record, etcd's `ConfChange` context).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Where the other members reach it, in the transport's terms (for raft-server,
+    /// `host:port` of its QUIC endpoint). Empty when the transport needs none.
+    pub address: String,
+}
+
+impl NodeRecord {
+    /// A record holding `address`.
+    pub fn new(address: impl Into<String>) -> NodeRecord {
+        NodeRecord {
+            address: address.into(),
+        }
+    }
 }
 
 impl Membership {
@@ -57,7 +85,23 @@ impl Membership {
         Membership {
             voters: ids.into_iter().collect(),
             learners: BTreeSet::new(),
+            nodes: BTreeMap::new(),
         }
+    }
+
+    /// A configuration of voters with their records.
+    pub fn voters_with(nodes: impl IntoIterator<Item = (NodeId, NodeRecord)>) -> Membership {
+        let nodes: BTreeMap<NodeId, NodeRecord> = nodes.into_iter().collect();
+        Membership {
+            voters: nodes.keys().copied().collect(),
+            learners: BTreeSet::new(),
+            nodes,
+        }
+    }
+
+    /// The record of member `id`, if the configuration has one.
+    pub fn node(&self, id: NodeId) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
     }
 
     /// Whether `id` is a voter.

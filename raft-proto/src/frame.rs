@@ -17,7 +17,11 @@ use serde::Deserialize;
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// History: 1, the first; 2, memberships carry a record per member
+/// ([`NodeRecord`](crate::NodeRecord)). Frames of another version are refused with
+/// [`DecodeError::UnsupportedVersion`].
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Why a frame could not be encoded.
 #[derive(Debug)]

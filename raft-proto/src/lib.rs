@@ -27,7 +27,7 @@ mod ids;
 mod message;
 
 pub use crate::bytes::Bytes;
-pub use entry::{Entry, EntryPayload, HardState, Membership, SnapshotMeta};
+pub use entry::{Entry, EntryPayload, HardState, Membership, NodeRecord, SnapshotMeta};
 pub use frame::{
     DecodeError, EncodeError, Envelope, FORMAT_VERSION, decode_frame, encode_frame,
     encode_frame_into,

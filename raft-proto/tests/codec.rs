@@ -28,8 +28,20 @@ fn membership() -> impl Strategy<Value = Membership> {
     (
         proptest::collection::btree_set(node(), 0..7),
         proptest::collection::btree_set(node(), 0..3),
+        proptest::collection::btree_map(
+            node(),
+            (0u32..70000).prop_map(|p| format!("10.0.0.1:{p}")),
+            0..4,
+        ),
     )
-        .prop_map(|(voters, learners)| Membership { voters, learners })
+        .prop_map(|(voters, learners, nodes)| Membership {
+            voters,
+            learners,
+            nodes: nodes
+                .into_iter()
+                .map(|(id, address)| (id, NodeRecord { address }))
+                .collect(),
+        })
 }
 
 fn entry() -> impl Strategy<Value = Entry> {

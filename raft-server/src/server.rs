@@ -1001,7 +1001,10 @@ impl Shared {
                     }
                 }
                 self.learn_address(id, resolved);
-                self.node.add_learner(id).await.map_err(membership_err)?;
+                self.node
+                    .add_learner(id, raft_proto::NodeRecord::new(resolved.to_string()))
+                    .await
+                    .map_err(membership_err)?;
                 Ok(Response::Done)
             }
             AdminOp::Promote { id } => {

@@ -14,7 +14,8 @@ use crate::profile::{
 use crate::rng::SimRng;
 use raft_core::{Action, ConfChange, Config, ProposeError, Raft, ReadError, Restore, Role};
 use raft_proto::{
-    Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, NodeId, ReadId, SnapshotMeta,
+    Bytes, Entry, EntryPayload, LogId, LogIndex, Membership, Message, NodeId, NodeRecord, ReadId,
+    SnapshotMeta,
 };
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -1739,9 +1740,14 @@ impl World {
             .members()
             .filter(|m| !config.is_voter(*m) || config.voters.len() > 2)
             .collect();
+        // A node's record is its address; a moved node gets a new one.
+        let record = |id: NodeId, now: u64| NodeRecord::new(format!("n{}@{now}", id.0));
         let mut options = Vec::new();
         if let Some(&s) = spares.first() {
-            options.push(ConfChange::AddLearner(s));
+            options.push(ConfChange::AddLearner(s, record(s, self.now)));
+        }
+        if let Some(&m) = config.voters.iter().next() {
+            options.push(ConfChange::SetNode(m, record(m, self.now)));
         }
         for &id in &learners {
             options.push(ConfChange::Promote(id));
@@ -1756,25 +1762,26 @@ impl World {
         let change = if !learners.is_empty() && self.rng.chance(0.6) {
             ConfChange::Promote(self.rng.pick(&learners))
         } else if !spares.is_empty() && self.rng.chance(0.5) {
-            ConfChange::AddLearner(spares[0])
+            ConfChange::AddLearner(spares[0], record(spares[0], self.now))
         } else {
-            self.rng.pick(&options)
+            options[self.rng.range(0, options.len() as u64) as usize].clone()
         };
         let result = self.nodes[l]
             .raft
             .as_mut()
-            .map(|r| r.change_membership(change));
+            .map(|r| r.change_membership(change.clone()));
         self.log(|| format!("membership change {change:?} at node {l}: {result:?}"));
         if let Some(Ok(_)) = result {
             let leader = self.nodes[l].id;
             let what = match change {
-                ConfChange::AddLearner(_) => "add learner",
+                ConfChange::AddLearner(..) => "add learner",
                 ConfChange::Promote(_) => "promote learner",
                 ConfChange::Remove(id) if id == leader => "remove the leader",
                 ConfChange::Remove(_) => "remove a node",
+                ConfChange::SetNode(..) => "move a node",
             };
             *self.stats.faults_by_kind.entry(what).or_default() += 1;
-            if let ConfChange::AddLearner(id) = change
+            if let ConfChange::AddLearner(id, _) = change
                 && let Some(i) = self.index_of(id)
             {
                 self.ever_member[i] = true;

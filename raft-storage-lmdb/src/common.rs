@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// History: 1, the first; 2, records hold frames of `raft_proto` format 2
+/// (memberships with node records). A directory of another format is refused at open.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What can go wrong in these stores, beyond LMDB's own errors.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,17 @@ pub enum LmdbError {
         what: String,
         /// What is wrong.
         detail: String,
+    },
+    /// The directory was written by an older version of this software, in a format
+    /// this build does not read.
+    #[error(
+        "{path} holds format version {found}, older than this build's {FORMAT_VERSION}, which it cannot read; move the data directory away and start the node empty so that it catches up from the others, or run the build that wrote it"
+    )]
+    OlderFormat {
+        /// The directory.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
     },
     /// The directory was written by a newer version of this software.
     #[error(

@@ -251,6 +251,12 @@ pub(crate) fn check_format(env: &Env<WithoutTls>, meta: Meta, dir: &Path) -> Res
                     found,
                 });
             }
+            if found < FORMAT_VERSION {
+                return Err(LmdbError::OlderFormat {
+                    path: dir.to_path_buf(),
+                    found,
+                });
+            }
         }
         None => meta.put(&mut wtxn, "format", &FORMAT_VERSION.to_le_bytes())?,
     }

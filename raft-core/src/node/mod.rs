@@ -263,9 +263,15 @@ impl Node {
         rx.await.unwrap_or(Err(MembershipError::Stopped))
     }
 
-    /// Adds `id` as a learner (see [`change_membership`](Node::change_membership)).
-    pub async fn add_learner(&self, id: NodeId) -> Result<LogId, MembershipError> {
-        self.change_membership(ConfChange::AddLearner(id)).await
+    /// Adds `id` as a learner with its record (how the others reach it; see
+    /// [`change_membership`](Node::change_membership)).
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: raft_proto::NodeRecord,
+    ) -> Result<LogId, MembershipError> {
+        self.change_membership(ConfChange::AddLearner(id, node))
+            .await
     }
 
     /// Starts a leadership transfer to `to`; returns once it started.
