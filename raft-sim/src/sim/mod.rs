@@ -22,10 +22,10 @@ mod nemesis;
 mod options;
 mod report;
 
-pub use options::{DEFAULT_LIN_BUDGET, SimOptions};
+pub use options::{DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, SimOptions};
 pub use report::{SeedReport, Stats};
 
-use crate::checkers::{Check, Checkers, violation};
+use crate::checkers::{Check, Checkers, Violation, violation};
 use crate::client::{Client, Reply};
 use crate::kv::ClientCommand;
 use crate::linearizability::Operation;
@@ -37,6 +37,7 @@ use raft_core::Role;
 use raft_proto::{Bytes, LogId, Membership, Message, NodeId, SnapshotMeta};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
 
 /// Overdue ticks delivered at once after a pause (as the Node driver does).
 const MAX_CATCH_UP_TICKS: u32 = 100;
@@ -44,6 +45,10 @@ const MAX_CATCH_UP_TICKS: u32 = 100;
 /// After healing, a leader every node follows must appear within this many (minimum)
 /// election timeouts.
 const LEADER_BOUND_ELECTIONS: u64 = 10;
+
+/// The wall clock is read once per this many events (reading it costs more than most
+/// events).
+const WALL_CHECK_EVENTS: u64 = 256;
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -190,31 +195,62 @@ struct World {
     churn_armed: bool,
     /// Per node: the term in which it was last seen leading.
     led_term: Vec<Option<raft_proto::Term>>,
+    /// The per-seed budget: events, and wall-clock time since `started`.
+    max_events: u64,
+    max_wall: Duration,
+    started: Instant,
 }
 
 /// Runs one seed and reports what happened.
 pub fn run_seed(opts: &SimOptions) -> SeedReport {
+    let started = Instant::now();
     let mut rng = SimRng::new(opts.seed);
     let mut profile = Profile::draw(&mut rng, opts.nodes, opts.lease);
     if let Some(ops) = opts.ops {
         profile.ops = ops;
     }
-    let mut world = World::new(profile.clone(), rng, opts.verbose);
+    // Starting the nodes runs their first actions through the checkers, which may panic.
+    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        World::new(profile.clone(), rng, opts.verbose)
+    }));
+    let mut world = match setup {
+        Ok(world) => world,
+        Err(panic) => {
+            let failure = format!(
+                "panic while starting the cluster: {}",
+                panic_message(&*panic)
+            );
+            return SeedReport {
+                seed: opts.seed,
+                profile,
+                stats: Stats::default(),
+                trace: Vec::new(),
+                history: Vec::new(),
+                digest: report::digest_of_failure(&failure),
+                failure: Some(failure),
+                wall: started.elapsed(),
+            };
+        }
+    };
     world.lin_budget = opts.lin_budget.unwrap_or(DEFAULT_LIN_BUDGET);
     world.give_up_us = 20 * world.profile.election_us();
+    (world.max_events, world.max_wall, world.started) =
+        (opts.max_events(), opts.max_wall(), started);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
     let failure = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(v)) => Some(v.to_string()),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                .unwrap_or_else(|| "panic".to_string());
-            Some(format!("panic at t={}us: {msg}", world.now))
-        }
+        Err(panic) => Some(format!(
+            "panic at t={}us: {}",
+            world.now,
+            panic_message(&*panic)
+        )),
     };
+    // The event loop stops a seed that runs out of time; this also counts the final
+    // checks (the linearizability search has its own step budget).
+    let wall = started.elapsed();
+    let failure = failure
+        .or_else(|| (wall > world.max_wall).then(|| world.wall_budget_exceeded(wall).to_string()));
     world.stats.virtual_us = world.now;
     world.stats.terms_with_leader = world.checkers.election_safety.terms_with_leader() as u64;
     world.stats.acked_writes = world.checkers.acked_writes.count() as u64;
@@ -222,14 +258,25 @@ pub fn run_seed(opts: &SimOptions) -> SeedReport {
         seed: opts.seed,
         profile,
         stats: world.stats.clone(),
-        failure,
         trace: world.trace.take().unwrap_or_default(),
         history: if opts.verbose {
             world.checked_history()
         } else {
             Vec::new()
         },
+        digest: world.digest(failure.as_deref()),
+        failure,
+        wall,
     }
+}
+
+/// The message a panic carried.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 impl World {
@@ -289,6 +336,9 @@ impl World {
             lin_budget: DEFAULT_LIN_BUDGET,
             churn_armed: false,
             led_term: vec![None; n],
+            max_events: DEFAULT_MAX_EVENTS,
+            max_wall: DEFAULT_MAX_WALL,
+            started: Instant::now(),
         };
         for i in 0..n {
             world
@@ -336,6 +386,7 @@ impl World {
             }
             self.now = time;
             self.stats.events += 1;
+            self.check_budget()?;
             if self.trace.is_some() {
                 let e = format!("{event:?}");
                 self.log(|| e);
@@ -369,6 +420,45 @@ impl World {
             }
         }
         violation("Liveness", "the event queue ran dry".to_string())
+    }
+
+    /// Fails the seed once it has used up its event or wall-clock budget: a storm of
+    /// events must end as a failure with a replay command, not stall the run.
+    fn check_budget(&self) -> Check {
+        let events = self.stats.events;
+        if events > self.max_events {
+            return Err(Violation {
+                property: "Per-seed budget",
+                detail: format!(
+                    "more than {} events by t={}us ({} client operations invoked, {} faults): \
+                     an event or message storm",
+                    self.max_events, self.now, self.stats.ops, self.stats.faults
+                ),
+            });
+        }
+        if events.is_multiple_of(WALL_CHECK_EVENTS) {
+            let wall = self.started.elapsed();
+            if wall > self.max_wall {
+                return Err(self.wall_budget_exceeded(wall));
+            }
+        }
+        Ok(())
+    }
+
+    fn wall_budget_exceeded(&self, wall: Duration) -> Violation {
+        Violation {
+            property: "Per-seed budget",
+            detail: format!(
+                "{} ms of wall-clock time, over the budget of {} ms, after {} events (t={}us); \
+                 the time depends on the machine, the events do not: replay with \
+                 --max-events {} to fail at the same point",
+                wall.as_millis(),
+                self.max_wall.as_millis(),
+                self.stats.events,
+                self.now,
+                self.stats.events
+            ),
+        }
     }
 
     fn dispatch(&mut self, event: Event) -> Check {

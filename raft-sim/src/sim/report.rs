@@ -1,7 +1,10 @@
-//! What a run reports.
+//! What a run reports, and the digest that pins it down.
 
+use super::World;
 use crate::linearizability::Operation;
 use crate::profile::Profile;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 /// What a run did.
 #[derive(Clone, Debug, Default)]
@@ -48,4 +51,73 @@ pub struct SeedReport {
     pub trace: Vec<String>,
     /// The client history, as checked for linearizability (with `verbose`).
     pub history: Vec<Operation>,
+    /// A hash of what the run did: its statistics, every node's log, applied index and
+    /// state machine, the client history and the failure. Equal seeds and options give
+    /// equal digests, whatever else runs at the same time.
+    pub digest: u64,
+    /// Wall-clock time the seed took (the only part of a report that depends on the
+    /// machine).
+    pub wall: Duration,
+}
+
+/// FNV-1a, 64-bit: a digest that does not depend on the process or the Rust release.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.write(&word.to_le_bytes());
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The digest of a run that failed before it started.
+pub(super) fn digest_of_failure(failure: &str) -> u64 {
+    let mut h = Fnv(0xCBF2_9CE4_8422_2325);
+    Some(failure).hash(&mut h);
+    h.finish()
+}
+
+impl World {
+    /// The run's digest (see [`SeedReport::digest`]).
+    pub(super) fn digest(&self, failure: Option<&str>) -> u64 {
+        let mut h = Fnv(0xCBF2_9CE4_8422_2325);
+        let s = &self.stats;
+        for word in [
+            self.now,
+            s.events,
+            s.ops,
+            s.ops_ok,
+            s.ops_failed,
+            s.ops_unknown,
+            s.faults,
+        ] {
+            h.write_u64(word);
+        }
+        for node in &self.nodes {
+            node.disk.purged.hash(&mut h);
+            for e in &node.disk.entries {
+                e.log_id.hash(&mut h);
+            }
+            node.applied.0.hash(&mut h);
+            h.write(&node.kv.encode());
+        }
+        for op in &self.history {
+            h.write(format!("{op:?}").as_bytes());
+        }
+        failure.hash(&mut h);
+        h.finish()
+    }
 }
