@@ -168,8 +168,9 @@ impl Summary {
     fn print(&mut self, jobs: NonZeroUsize, elapsed: Duration) {
         let secs = elapsed.as_secs_f64().max(1e-9);
         println!(
-            "{} seeds in {secs:.1}s with {jobs} jobs ({:.1}s in seeds): {} client ops ({:.0} ops/s), {} events ({:.0}/s), {} fault events",
+            "{} seeds in {secs:.1}s with {jobs} {} ({:.1}s in seeds): {} client ops ({:.0} ops/s), {} events ({:.0}/s), {} fault events",
             self.seeds,
+            if jobs.get() == 1 { "job" } else { "jobs" },
             self.seed_time.as_secs_f64(),
             self.ops,
             self.ops as f64 / secs,

@@ -40,9 +40,10 @@ pub const DEFAULT_MAX_EVENTS: u64 = 2_000_000;
 
 /// Wall-clock time a seed may take by default: a backstop for what the event budget
 /// does not count (a slow final linearizability check, a slow event). When it was set,
-/// the slowest of seeds 0..10,000 took 1.01 s (seed 7,970, two jobs on a two-core
-/// machine with a load average of 11; alone on the machine it takes 0.05 to 0.09 s),
-/// so 30 s leaves room for a CI machine far busier than that.
+/// the slowest of seeds 0..10,000 took 0.61 to 1.01 s in three runs on a shared
+/// two-core machine with a load average of 9 to 11 (a different seed each time, each
+/// taking 0.02 to 0.09 s when replayed alone: that time is the machine's load, not the
+/// seed's work), so 30 s leaves room for a CI machine far busier than that.
 pub const DEFAULT_MAX_WALL: Duration = Duration::from_secs(30);
 
 impl SimOptions {
