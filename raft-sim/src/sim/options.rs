@@ -40,9 +40,9 @@ pub const DEFAULT_MAX_EVENTS: u64 = 2_000_000;
 
 /// Wall-clock time a seed may take by default: a backstop for what the event budget
 /// does not count (a slow final linearizability check, a slow event). When it was set,
-/// the slowest of seeds 0..10,000 took 0.61 to 1.01 s in three runs on a shared
-/// two-core machine with a load average of 9 to 11 (a different seed each time, each
-/// taking 0.02 to 0.09 s when replayed alone: that time is the machine's load, not the
+/// the slowest of seeds 0..10,000 took 0.35 to 1.01 s in six runs on a shared
+/// two-core machine at load averages of 7 to 11 (a different seed each time, each
+/// taking at most 0.09 s when replayed alone: that time is the machine's load, not the
 /// seed's work), so 30 s leaves room for a CI machine far busier than that.
 pub const DEFAULT_MAX_WALL: Duration = Duration::from_secs(30);
 
