@@ -6,6 +6,8 @@
 //! checkers in [`checkers`] verify the paper's safety properties; after the faults stop
 //! the cluster must elect a stable leader and finish every client operation; at the
 //! end the client history must be linearizable ([`linearizability`]).
+//! [`run_seeds`] runs many seeds on several threads; each seed's run is the same on any
+//! number of them, and each seed has a budget of events and wall-clock time.
 //!
 //! ```
 //! let report = raft_sim::run_seed(&raft_sim::SimOptions { seed: 7, ..Default::default() });
@@ -20,7 +22,12 @@ pub mod net;
 pub mod node;
 pub mod profile;
 pub mod rng;
+pub mod runner;
 mod sim;
 
 pub use profile::LeaseMode;
-pub use sim::{DEFAULT_LIN_BUDGET, SeedReport, SimOptions, Stats, run_seed};
+pub use runner::{default_jobs, run_seeds};
+pub use sim::{
+    DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, SeedReport, SimOptions, Stats,
+    run_seed,
+};

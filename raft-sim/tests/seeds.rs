@@ -1,8 +1,10 @@
 //! The simulator in CI: a fixed sample of seeds covering every fault kind, the seeds
-//! that once found bugs, and determinism.
+//! that once found bugs, determinism (also across threads), and the per-seed budget.
 
-use raft_sim::{LeaseMode, SimOptions, run_seed};
+use raft_sim::{LeaseMode, SimOptions, run_seed, run_seeds};
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 fn run(seed: u64) -> raft_sim::SeedReport {
     run_seed(&SimOptions {
@@ -67,6 +69,93 @@ fn a_seed_replays_exactly() {
     let (a, b) = (run_seed(&opts), run_seed(&opts));
     assert!(!a.trace.is_empty());
     assert_eq!(a.trace, b.trace);
+    assert_eq!(a.digest, b.digest);
+}
+
+/// Each seed's digest, running `seeds` on `jobs` threads.
+fn digests(seeds: std::ops::Range<u64>, jobs: usize) -> BTreeMap<u64, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let jobs = NonZeroUsize::new(jobs).expect("jobs > 0");
+    run_seeds(
+        seeds,
+        jobs,
+        |seed| SimOptions {
+            seed,
+            ..SimOptions::default()
+        },
+        |r| {
+            assert!(r.failure.is_none(), "seed {}: {:?}", r.seed, r.failure);
+            let old = out.insert(r.seed, (r.digest, r.stats.events));
+            assert!(old.is_none(), "seed {} reported twice", r.seed);
+        },
+    );
+    out
+}
+
+#[test]
+fn seeds_run_the_same_on_one_thread_or_several() {
+    // The digest covers the statistics, every node's log, applied index and state
+    // machine, the client history and the failure: a seed whose run depended on the
+    // number of threads or on which thread took it would differ here.
+    let seeds = 20..28;
+    let one = digests(seeds.clone(), 1);
+    let two = digests(seeds.clone(), 2);
+    let three = digests(seeds.clone(), 3);
+    assert_eq!(one.len(), 8, "every seed reported once: {one:?}");
+    assert_eq!(one, two, "jobs=1 vs jobs=2");
+    assert_eq!(one, three, "jobs=1 vs jobs=3");
+    for seed in seeds {
+        let alone = run(seed);
+        assert_eq!(
+            (alone.digest, alone.stats.events),
+            one[&seed],
+            "seed {seed}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<u64> = one.values().map(|(d, _)| *d).collect();
+    assert_eq!(
+        distinct.len(),
+        one.len(),
+        "digests tell seeds apart: {one:?}"
+    );
+}
+
+#[test]
+fn a_seed_over_its_event_budget_fails_with_its_replay_command() {
+    let opts = SimOptions {
+        seed: 3,
+        max_events: Some(100),
+        ..SimOptions::default()
+    };
+    let r = run_seed(&opts);
+    let why = r.failure.expect("a budget of 100 events fails the seed");
+    assert!(
+        why.contains("Per-seed budget") && why.contains("more than 100 events"),
+        "{why}"
+    );
+    assert_eq!(r.stats.events, 101);
+    assert_eq!(
+        opts.replay_command(),
+        "cargo run --release -p raft-sim -- --seed 3 --verbose --max-events 100"
+    );
+    // The event budget is exact: the failure replays.
+    assert_eq!(run_seed(&opts).digest, r.digest);
+}
+
+#[test]
+fn a_seed_over_its_wall_clock_budget_fails() {
+    let r = run_seed(&SimOptions {
+        seed: 3,
+        max_wall: Some(Duration::ZERO),
+        ..SimOptions::default()
+    });
+    let why = r.failure.expect("a budget of no time fails the seed");
+    assert!(
+        why.contains("Per-seed budget")
+            && why.contains("wall-clock")
+            && why.contains("--max-events"),
+        "{why}"
+    );
 }
 
 #[test]
