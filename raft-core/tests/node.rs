@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use futures::FutureExt;
-use raft_core::node::{Environment, Metrics, Node, NodeOptions, NodeState, Runtime};
+use raft_core::node::{Environment, FatalError, Metrics, Node, NodeOptions, NodeState, Runtime};
 use raft_core::rt::tokio::TokioRuntime;
 use raft_core::testing::{MemLogStore, MemStateMachine, Router, ThreadPoolRuntime, kv_command};
 use raft_core::{Config, NotLeader, ProposeError, Role};
@@ -410,7 +410,10 @@ async fn a_failing_disk_stops_the_node_with_a_clear_error(rt: Arc<dyn Runtime>) 
     let NodeState::Stopped(Some(reason)) = stopped.state else {
         panic!("no reason given: {:?}", stopped.state)
     };
-    assert!(reason.contains("write to the log"), "{reason}");
+    assert!(matches!(reason, FatalError::Log(_)), "{reason:?}");
+    let operation = reason.storage().map(|e| e.operation);
+    assert_eq!(operation, Some("write to the log"), "{reason}");
+    assert!(reason.to_string().contains("write to the log"), "{reason}");
     // The others elect a new leader and keep what was acknowledged.
     let rest: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
     let new = within(&c.rt, "a new leader", async {

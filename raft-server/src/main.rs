@@ -597,7 +597,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = &mut stdin_closed => break Ok(()),
-            reason = server.stopped() => break Err(format!("the node stopped: {}", reason.unwrap_or_else(|| "no reason given".into()))),
+            reason = server.stopped() => break Err(format!("the node stopped: {}", reason.map_or_else(|| "no reason given".into(), |e| e.to_string()))),
             // A failed reload is logged and keeps the previous material.
             _ = hangup.recv() => { let _ = server.reload_certificates(); }
         }

@@ -11,8 +11,8 @@ use crate::proto::{
     Response, SaveFrame, SaveHeader, ServerError, Status, Tagged, WriteResult,
 };
 use raft_core::node::{
-    Environment, LogStore, MachineState, Metrics, Node, NodeOptions, NodeState, SnapshotTask,
-    StateMachine, StorageError, StoredLog,
+    Environment, FatalError, LogStore, MachineState, Metrics, Node, NodeOptions, NodeState,
+    SnapshotTask, StateMachine, StorageError, StoredLog,
 };
 use raft_core::rt::tokio::TokioRuntime;
 use raft_core::{ConfChange, Config, Persist, ProposeError, ReadError, Role};
@@ -430,7 +430,7 @@ impl Server {
     }
 
     /// Waits until the node stops by itself (a storage failure); returns the reason.
-    pub async fn stopped(&self) -> Option<String> {
+    pub async fn stopped(&self) -> Option<FatalError> {
         let mut w = self.shared.node.metrics();
         match w
             .wait_for(|m| m.state != NodeState::Running)
@@ -1288,7 +1288,10 @@ fn role_name(m: &Metrics) -> String {
         return "Learner".into();
     }
     if let NodeState::Stopped(reason) = &m.state {
-        return format!("Stopped ({})", reason.as_deref().unwrap_or("shut down"));
+        return match reason {
+            Some(reason) => format!("Stopped ({reason})"),
+            None => "Stopped (shut down)".to_string(),
+        };
     }
     format!("{:?}", m.role)
 }
