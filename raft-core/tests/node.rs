@@ -4,14 +4,18 @@
 #![allow(clippy::unwrap_used)]
 
 use futures::FutureExt;
-use raft_core::node::{Environment, Metrics, Node, NodeOptions, NodeState, Runtime};
+use raft_core::node::{
+    Environment, FatalError, MachineState, Metrics, Node, NodeOptions, NodeState, Runtime,
+    SnapshotTask, StateMachine, StorageError,
+};
 use raft_core::rt::tokio::TokioRuntime;
 use raft_core::testing::{MemLogStore, MemStateMachine, Router, ThreadPoolRuntime, kv_command};
 use raft_core::{Config, NotLeader, ProposeError, Role};
-use raft_proto::{Membership, NodeId};
+use raft_proto::{Bytes, Entry, Membership, NodeId, SnapshotMeta};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Runs `scenario` once on tokio and once on the `futures` thread pool.
@@ -43,6 +47,7 @@ on_both_runtimes!(
     a_far_behind_follower_catches_up_by_snapshot,
     five_nodes_survive_two_failures,
     a_failing_disk_stops_the_node_with_a_clear_error,
+    a_failing_state_machine_stops_the_node_with_what_it_was_doing,
     a_node_whose_snapshot_was_lost_starts_and_gets_the_state_back,
 );
 
@@ -410,7 +415,10 @@ async fn a_failing_disk_stops_the_node_with_a_clear_error(rt: Arc<dyn Runtime>) 
     let NodeState::Stopped(Some(reason)) = stopped.state else {
         panic!("no reason given: {:?}", stopped.state)
     };
-    assert!(reason.contains("write to the log"), "{reason}");
+    assert!(matches!(reason, FatalError::Log(_)), "{reason:?}");
+    let operation = reason.storage().map(|e| e.operation);
+    assert_eq!(operation, Some("write to the log"), "{reason}");
+    assert!(reason.to_string().contains("write to the log"), "{reason}");
     // The others elect a new leader and keep what was acknowledged.
     let rest: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
     let new = within(&c.rt, "a new leader", async {
@@ -434,6 +442,98 @@ async fn a_failing_disk_stops_the_node_with_a_clear_error(rt: Arc<dyn Runtime>) 
 /// machine, as after a damaged snapshot file): `Node::start` does not refuse, the node
 /// reports its state lost, applies and serves nothing, and gets the state back from
 /// the leader's snapshot.
+/// A state machine whose applies fail once `failing` is set.
+struct FailingApply {
+    inner: MemStateMachine,
+    failing: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl StateMachine for FailingApply {
+    async fn state(&self) -> Result<MachineState, StorageError> {
+        self.inner.state().await
+    }
+
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StorageError::new(
+                "apply to the state machine",
+                "injected failure",
+            ));
+        }
+        self.inner.apply(entries).await
+    }
+
+    fn begin_snapshot(&self, meta: SnapshotMeta) -> SnapshotTask {
+        self.inner.begin_snapshot(meta)
+    }
+
+    async fn read_snapshot(
+        &self,
+        id: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(Bytes, bool)>, StorageError> {
+        self.inner.read_snapshot(id, offset, len).await
+    }
+
+    async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        self.inner.receive_snapshot(meta, offset, data).await
+    }
+
+    async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.inner.install_snapshot(meta).await
+    }
+}
+
+/// A failed apply stops the node, and its state says the apply failed (not the log).
+async fn a_failing_state_machine_stops_the_node_with_what_it_was_doing(rt: Arc<dyn Runtime>) {
+    let id = NodeId(1);
+    let failing = Arc::new(AtomicBool::new(false));
+    let router = Router::new();
+    let (transport, incoming) = router.register(id);
+    let env = Environment {
+        log: Arc::new(MemLogStore::new()),
+        state_machine: Arc::new(FailingApply {
+            inner: MemStateMachine::new(1),
+            failing: failing.clone(),
+        }),
+        transport,
+        incoming,
+        runtime: rt.clone(),
+    };
+    let mut options = NodeOptions::new(Membership::voters([id]));
+    options.tick = Duration::from_millis(5);
+    let node = Node::start(Config::new(id), options, env).await.unwrap();
+    within(&rt, "a leader", node.leader()).await;
+    let put = |v: &'static str| node.propose(kv_command("put", "k", v));
+    within(&rt, "a write", put("1")).await.unwrap();
+    failing.store(true, Ordering::SeqCst);
+    let err = within(&rt, "a failed write", put("2")).await.unwrap_err();
+    assert_eq!(err, ProposeError::Stopped);
+    let mut w = node.metrics();
+    let stopped = within(
+        &rt,
+        "the node to stop",
+        w.wait_for(|m| m.state != NodeState::Running),
+    )
+    .await
+    .unwrap();
+    let NodeState::Stopped(Some(reason)) = stopped.state else {
+        panic!("no reason given: {:?}", stopped.state)
+    };
+    assert!(matches!(reason, FatalError::Apply(_)), "{reason:?}");
+    let operation = reason.storage().map(|e| e.operation);
+    assert_eq!(operation, Some("apply to the state machine"), "{reason}");
+    assert!(reason.to_string().contains("injected failure"), "{reason}");
+    node.shutdown().await;
+}
+
 async fn a_node_whose_snapshot_was_lost_starts_and_gets_the_state_back(rt: Arc<dyn Runtime>) {
     let mut c = Cluster::start(rt, 3, small_snapshots).await;
     let leader = c.leader().await;

@@ -1,6 +1,7 @@
 //! The driver task: feeds inputs to the `Raft` and carries out its actions in order.
 
-use super::apply::{self, Job, Waiter};
+use super::apply::{ApplyTask, Job, Waiter};
+use super::event::{Event, FatalError};
 use super::watch::Publisher;
 use super::{ChangeReply, Command, Environment, Metrics, NodeState, ProposeReply};
 use crate::action::Action;
@@ -12,30 +13,12 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use raft_proto::{Bytes, EntryPayload, LogId, LogIndex, Message, NodeId, ReadId};
+use raft_proto::{EntryPayload, LogId, LogIndex, Message, NodeId, ReadId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-/// Inputs from the node's own background tasks.
-pub(crate) enum Event {
-    /// The apply task applied everything up to this index.
-    Applied(LogIndex),
-    /// A snapshot build finished (`None`: it failed).
-    SnapshotBuilt(Option<raft_proto::SnapshotMeta>),
-    /// A snapshot chunk was read for a follower.
-    ChunkRead {
-        to: NodeId,
-        id: u64,
-        offset: u64,
-        data: Option<Bytes>,
-        last: bool,
-    },
-    /// A background task hit a storage error: the node must stop.
-    Fatal(String),
-}
 
 /// Inputs taken per source per wake-up, so no source starves the others.
 const BATCH: usize = 4096;
@@ -52,7 +35,7 @@ pub(crate) fn spawn(
     metrics: Publisher<Metrics>,
 ) {
     let (events_tx, events) = mpsc::unbounded();
-    let apply_tx = apply::spawn(
+    let apply_tx = ApplyTask::spawn(
         env.state_machine.clone(),
         env.runtime.clone(),
         events_tx.clone(),
@@ -114,7 +97,7 @@ pub(crate) struct Driver {
     next_read: u64,
     metrics: Publisher<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
-    fatal: Option<String>,
+    fatal: Option<FatalError>,
     /// The storage step in flight (a log write, a purge, a snapshot install): the
     /// actions in `waiting` are carried out after it.
     blocked: Option<Pending>,
@@ -129,7 +112,7 @@ pub(crate) struct Driver {
 }
 
 /// A storage step the driver waits for before it carries out later actions.
-type Pending = BoxFuture<'static, Result<Done, super::StorageError>>;
+type Pending = BoxFuture<'static, Result<Done, FatalError>>;
 
 /// What a finished storage step tells the driver.
 enum Done {
@@ -358,7 +341,7 @@ impl Driver {
     }
 
     /// The storage step in flight finished.
-    fn finished(&mut self, done: Result<Done, super::StorageError>) {
+    fn finished(&mut self, done: Result<Done, FatalError>) {
         self.blocked_on_hard_state = false;
         match done {
             Ok(Done::Written(Some(last))) => self.raft.persisted(last),
@@ -369,7 +352,7 @@ impl Driver {
             }
             Err(e) => {
                 tracing::error!(node = %self.raft.id(), error = %e, "storage failed; stopping the node");
-                self.fatal = Some(e.to_string());
+                self.fatal = Some(e);
             }
         }
     }
@@ -392,7 +375,13 @@ impl Driver {
                 let last = batch.entries.last().map(|e| e.log_id);
                 self.blocked_on_hard_state = batch.hard_state.is_some();
                 self.blocked = Some(
-                    async move { log.write(&batch).await.map(|()| Done::Written(last)) }.boxed(),
+                    async move {
+                        log.write(&batch)
+                            .await
+                            .map(|()| Done::Written(last))
+                            .map_err(|e| FatalError::Log(Arc::new(e)))
+                    }
+                    .boxed(),
                 );
             }
             Action::Apply(entries) => {
@@ -413,7 +402,13 @@ impl Driver {
             Action::PurgeLog { up_to, base } => {
                 let log = self.env_log.clone();
                 self.blocked = Some(
-                    async move { log.purge(up_to, &base).await.map(|()| Done::Purged) }.boxed(),
+                    async move {
+                        log.purge(up_to, &base)
+                            .await
+                            .map(|()| Done::Purged)
+                            .map_err(|e| FatalError::Log(Arc::new(e)))
+                    }
+                    .boxed(),
                 );
             }
             Action::ReadSnapshotChunk {
@@ -440,7 +435,7 @@ impl Driver {
                                 data: None,
                                 last: false,
                             },
-                            Err(e) => Event::Fatal(e.to_string()),
+                            Err(e) => Event::Fatal(FatalError::ReadSnapshot(Arc::new(e))),
                         };
                         let _ = events.unbounded_send(event);
                     }
@@ -464,21 +459,15 @@ impl Driver {
                     async move {
                         match installed.await {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                return Err(super::StorageError::new("install a snapshot", e));
-                            }
-                            Err(_) => {
-                                return Err(super::StorageError::new(
-                                    "install a snapshot",
-                                    "the apply task stopped",
-                                ));
-                            }
+                            Ok(Err(e)) => return Err(FatalError::InstallSnapshot(Arc::new(e))),
+                            Err(_) => return Err(FatalError::ApplyTaskStopped),
                         }
-                        if discard_log {
-                            log.reset(&meta).await?;
+                        let fixed = if discard_log {
+                            log.reset(&meta).await
                         } else {
-                            log.purge(last, &meta).await?;
-                        }
+                            log.purge(last, &meta).await
+                        };
+                        fixed.map_err(|e| FatalError::Log(Arc::new(e)))?;
                         Ok(Done::Installed(last.index))
                     }
                     .boxed(),
@@ -495,7 +484,7 @@ impl Driver {
 
     fn hand_to_apply(&mut self, job: Job) {
         if self.apply_tx.unbounded_send(job).is_err() {
-            self.fatal = Some("the apply task stopped".to_string());
+            self.fatal = Some(FatalError::ApplyTaskStopped);
         }
     }
 

@@ -28,9 +28,11 @@
 
 mod apply;
 mod driver;
+mod event;
 mod traits;
 mod watch;
 
+pub use event::FatalError;
 pub use traits::{
     LogStore, MachineState, Runtime, SnapshotTask, StateMachine, StorageError, StoredLog, Transport,
 };
@@ -104,8 +106,8 @@ impl NodeOptions {
 pub enum NodeState {
     /// Running.
     Running,
-    /// Stopped by `shutdown`, or by the error given.
-    Stopped(Option<String>),
+    /// Stopped by `shutdown` (`None`), or by the failure given.
+    Stopped(Option<FatalError>),
 }
 
 /// A node's externally visible state, published on every change.

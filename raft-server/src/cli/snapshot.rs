@@ -1,6 +1,7 @@
 //! `raft-server snapshot save|status|restore`: backups (see `raft_server::backup`).
 
-use crate::ConnArgs;
+use super::conn::{ConnArgs, conn_from};
+use super::error::CliError;
 use clap::{Args, Subcommand};
 use raft_proto::NodeId;
 use raft_server::ServerConfig;
@@ -57,11 +58,11 @@ pub(crate) struct RestoreArgs {
     peers: Vec<String>,
 }
 
-pub(crate) async fn run(op: SnapshotOp) -> Result<(), String> {
+pub(crate) async fn run(op: SnapshotOp) -> Result<(), CliError> {
     match op {
         SnapshotOp::Save { file, conn, node } => save(file, conn, node).await,
         SnapshotOp::Status { file } => {
-            let v = backup::verify(&file).map_err(|e| e.to_string())?;
+            let v = backup::verify(&file)?;
             println!("{}: intact ({} bytes)", file.display(), v.file_bytes);
             describe(&v.header);
             Ok(())
@@ -99,11 +100,14 @@ fn describe(h: &SaveHeader) {
     );
 }
 
-async fn save(file: PathBuf, conn: ConnArgs, node: Option<String>) -> Result<(), String> {
-    let c = crate::conn_from(&conn)?;
+async fn save(file: PathBuf, conn: ConnArgs, node: Option<String>) -> Result<(), CliError> {
+    let c = conn_from(&conn)?;
     let nodes = match node {
         Some(n) => {
-            vec![raft_server::config::resolve(&n).map_err(|e| format!("--node {n:?}: {e}"))?]
+            vec![
+                raft_server::config::resolve(&n)
+                    .map_err(|e| CliError::Failed(format!("--node {n:?}: {e}")))?,
+            ]
         }
         None => c.addrs,
     };
@@ -113,8 +117,7 @@ async fn save(file: PathBuf, conn: ConnArgs, node: Option<String>) -> Result<(),
         &file,
         Duration::from_secs(conn.timeout),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     println!(
         "saved {} ({} bytes) from {} in {:.2} s",
         file.display(),
@@ -131,20 +134,20 @@ async fn save(file: PathBuf, conn: ConnArgs, node: Option<String>) -> Result<(),
     Ok(())
 }
 
-async fn restore(args: RestoreArgs) -> Result<(), String> {
+async fn restore(args: RestoreArgs) -> Result<(), CliError> {
     let config = match &args.config {
-        Some(path) => Some(ServerConfig::load(path).map_err(|e| e.to_string())?),
+        Some(path) => Some(ServerConfig::load(path)?),
         None => None,
     };
     let id = args
         .id
         .or_else(|| config.as_ref().map(|c| c.id))
-        .ok_or("give --id N (or --config FILE)")?;
+        .ok_or_else(|| CliError::Failed("give --id N (or --config FILE)".into()))?;
     let data_dir = args
         .data
         .clone()
         .or_else(|| config.as_ref().map(|c| c.data_dir.clone()))
-        .ok_or("give --data DIR (or --config FILE)")?;
+        .ok_or_else(|| CliError::Failed("give --data DIR (or --config FILE)".into()))?;
     let peers = if args.peers.is_empty() {
         config.map(|c| c.peers).unwrap_or_default()
     } else {
@@ -152,7 +155,7 @@ async fn restore(args: RestoreArgs) -> Result<(), String> {
     };
     let mut members = BTreeSet::from([NodeId(id)]);
     for p in &peers {
-        let (peer, _) = raft_server::config::parse_peer(p).map_err(|e| e.to_string())?;
+        let (peer, _) = raft_server::config::parse_peer(p)?;
         members.insert(peer);
     }
     let options = RestoreOptions {
@@ -161,7 +164,7 @@ async fn restore(args: RestoreArgs) -> Result<(), String> {
         data_dir: data_dir.clone(),
         members,
     };
-    let report = backup::restore(&options).await.map_err(|e| e.to_string())?;
+    let report = backup::restore(&options).await?;
     println!(
         "restored {} into {} for node {id} in {:.2} s: {} records, {} old node addresses dropped",
         args.file.display(),
