@@ -30,8 +30,9 @@
 //!
 //! - the state machine holds the snapshot's keys, values and client sessions, at the
 //!   snapshot's last log id (so indexes continue from it);
-//! - the old cluster's recorded node addresses are dropped: the new nodes use their
-//!   configuration's peers, and the new leader records them again;
+//! - the old cluster's node addresses are not carried over: they live in its
+//!   membership's node records, and the new membership has none; the new nodes reach
+//!   each other by their configuration's peers;
 //! - the membership is the restoring node and its `--peer`s (or its configuration's
 //!   peers), all voters: every node of the new cluster must be restored from the same
 //!   file with the same members; the old membership is ignored;
@@ -46,7 +47,7 @@ use raft_core::node::{LogStore, StateMachine, StorageError};
 use raft_net_quic::Identity;
 use raft_proto::{Bytes, HardState, Membership, NodeId, SnapshotMeta};
 use raft_storage_lmdb::{
-    EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig, SnapshotTable, SnapshotWriter,
+    EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig, SnapshotWriter,
 };
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -561,10 +562,8 @@ pub struct RestoreReport {
     /// The snapshot the new data directory starts from (its last log id, the new
     /// membership).
     pub meta: SnapshotMeta,
-    /// Records of the backup's snapshot kept (keys, sessions, bookkeeping).
+    /// Records of the backup's snapshot (keys, sessions, bookkeeping).
     pub records: u64,
-    /// Node addresses of the old cluster dropped.
-    pub dropped_addresses: u64,
     /// From the start to the end of the restore.
     pub elapsed: Duration,
 }
@@ -618,12 +617,11 @@ pub async fn restore(options: &RestoreOptions) -> Result<RestoreReport, RestoreE
             let _ = fs::remove_dir_all(dir);
         }
     }
-    let (meta, records, dropped_addresses) = result?;
+    let (meta, records) = result?;
     Ok(RestoreReport {
         header: verified.header,
         meta,
         records,
-        dropped_addresses,
         elapsed: started.elapsed(),
     })
 }
@@ -634,7 +632,7 @@ async fn build(
     options: &RestoreOptions,
     verified: &Verified,
     members: BTreeSet<NodeId>,
-) -> Result<(SnapshotMeta, u64, u64), RestoreError> {
+) -> Result<(SnapshotMeta, u64), RestoreError> {
     let dir = &options.data_dir;
     let file_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -656,9 +654,9 @@ async fn build(
         membership: Membership::voters(members),
         id: u64::from_le_bytes(id) | 1,
     };
-    // The snapshot without the old cluster's addresses, in a file of its own.
+    // The snapshot, checked record by record, in a file of its own.
     let rewritten = dir.join("restore.snap.tmp");
-    let (records, dropped) = rewrite(&options.file, verified, &rewritten)?;
+    let records = rewrite(&options.file, verified, &rewritten)?;
     let sm = LmdbStateMachine::open(dir.join("sm"), crate::kv::Kv, SmConfig::default())?;
     let mut input = File::open(&rewritten).map_err(file_err(&rewritten))?;
     let mut offset = 0u64;
@@ -693,13 +691,12 @@ async fn build(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(file_err(dir))?;
-    Ok((meta, records, dropped))
+    Ok((meta, records))
 }
 
-/// Copies the backup's snapshot into `to`, record by record, without the old
-/// cluster's node addresses; checks the snapshot's framing and CRC on the way.
-/// Returns the records kept and dropped.
-fn rewrite(file: &Path, verified: &Verified, to: &Path) -> Result<(u64, u64), RestoreError> {
+/// Copies the backup's snapshot into `to`, record by record, checking its framing and
+/// CRC on the way, before anything is installed. Returns the number of records.
+fn rewrite(file: &Path, verified: &Verified, to: &Path) -> Result<u64, RestoreError> {
     let file_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RestoreError::File { path, source }
@@ -710,15 +707,11 @@ fn rewrite(file: &Path, verified: &Verified, to: &Path) -> Result<(u64, u64), Re
         .map_err(file_err(file))?;
     let out = File::create(to).map_err(file_err(to))?;
     let mut writer = SnapshotWriter::new(out)?;
-    let (mut kept, mut dropped) = (0u64, 0u64);
+    let mut records = 0u64;
     raft_storage_lmdb::read_snapshot_records(
         input.take(verified.header.size),
         |table, key, value| {
-            if table == SnapshotTable::Sessions && crate::kv::is_address_key(key) {
-                dropped += 1;
-                return Ok(());
-            }
-            kept += 1;
+            records += 1;
             writer.record(table, key, value)
         },
     )
@@ -730,13 +723,14 @@ fn rewrite(file: &Path, verified: &Verified, to: &Path) -> Result<(u64, u64), Re
         other => RestoreError::Storage(other.to_string()),
     })?;
     writer.finish()?;
-    Ok((kept, dropped))
+    Ok(records)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use raft_proto::{LogId, LogIndex, Term};
+    use raft_storage_lmdb::SnapshotTable;
 
     fn header(size: u64) -> SaveHeader {
         SaveHeader {
@@ -760,11 +754,7 @@ mod tests {
         for (table, k, v) in [
             (SnapshotTable::Data, &b"a"[..], &b"\x001"[..]),
             (SnapshotTable::Data, b"b", b"\x002"),
-            (
-                SnapshotTable::Sessions,
-                b"m\0\0\0\0\0\0\0\x02",
-                b"10.0.0.2:7101",
-            ),
+            (SnapshotTable::Sessions, b"n", &[0; 8]),
         ] {
             w.record(table, k, v).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -809,7 +799,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_restore_keeps_the_data_drops_old_addresses_and_sets_the_new_members() {
+    async fn a_restore_keeps_the_data_and_sets_the_new_members_without_old_addresses() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("b.rbk");
         std::fs::write(&file, backup_bytes()).unwrap_or_else(|e| panic!("{e}"));
@@ -821,7 +811,7 @@ mod tests {
             members: BTreeSet::from([NodeId(6), NodeId(7)]),
         };
         let report = restore(&options).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((report.records, report.dropped_addresses), (2, 1));
+        assert_eq!(report.records, 3);
         assert_eq!(
             report.meta.membership,
             Membership::voters([NodeId(5), NodeId(6), NodeId(7)])
@@ -835,19 +825,26 @@ mod tests {
         let state = sm.state().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(state.applied, report.meta.last_log_id);
         assert_eq!(state.snapshot.as_ref(), Some(&report.meta));
-        let (a, addresses) = sm
-            .read(|v| {
-                Ok((
-                    crate::kv::get(v.txn, v.data, b"a")?,
-                    crate::kv::addresses(v)?,
-                ))
-            })
+        let a = sm
+            .read(|v| crate::kv::get(v.txn, v.data, b"a"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.as_deref(), Some(&b"1"[..]));
-        assert!(addresses.is_empty(), "{addresses:?}");
+        assert!(
+            report.meta.membership.nodes.is_empty(),
+            "the old cluster's records came along: {:?}",
+            report.meta.membership
+        );
         drop(sm);
-        let log = LmdbLogStore::open(data_dir.join("log"), EnvConfig::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        // A dropped store's threads release its directory lock a moment later.
+        let waited = std::time::Instant::now();
+        let log = loop {
+            match LmdbLogStore::open(data_dir.join("log"), EnvConfig::default()) {
+                Err(LmdbError::Locked { .. }) if waited.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other.unwrap_or_else(|e| panic!("{e}")),
+            }
+        };
         let stored = log.load().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(stored.purged, report.meta.last_log_id);
         assert_eq!(stored.hard_state.term, Term(3));

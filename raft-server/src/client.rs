@@ -426,6 +426,16 @@ impl Client {
         .map(drop)
     }
 
+    /// Records that member `id` is now reachable at `addr`.
+    pub async fn move_node(&self, id: NodeId, addr: &str) -> Result<(), ClientError> {
+        self.admin(AdminOp::MoveNode {
+            id,
+            addr: addr.to_string(),
+        })
+        .await
+        .map(drop)
+    }
+
     /// Makes learner `id` a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), ClientError> {
         self.admin(AdminOp::Promote { id }).await.map(drop)

@@ -39,7 +39,7 @@
 //! cluster has the same time to live).
 
 use crate::proto::{Response, ServerError, SessionRef, WriteOp, WriteResult, Written};
-use raft_proto::{Bytes, NodeId};
+use raft_proto::Bytes;
 use raft_storage_lmdb::{ApplyContext, Db, LmdbError, Machine, View};
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
@@ -77,13 +77,6 @@ pub enum Body {
         session: Option<SessionRef>,
         /// The write.
         op: WriteOp,
-    },
-    /// Records (or changes) a node's address, so every node can reach it.
-    SetAddress {
-        /// The node.
-        id: NodeId,
-        /// Its address.
-        addr: String,
     },
     /// Only moves the clock (expires sessions); a leader may propose it when idle.
     Tick,
@@ -174,12 +167,6 @@ fn encode_response(r: &Response) -> Result<Bytes, LmdbError> {
     raft_proto::encode_frame(r)
         .map(Bytes::from)
         .map_err(|e| LmdbError::Invalid(format!("encode a response: {e}")))
-}
-
-/// Whether `key` of the `sessions` table records a node's address (`m <node id>`, as
-/// [`addresses`] reads them): a restore into a new cluster drops these.
-pub fn is_address_key(key: &[u8]) -> bool {
-    key.first() == Some(&b'm')
 }
 
 /// Where `key` is stored in the data table.
@@ -302,19 +289,6 @@ pub fn scan(
     }
     let more = emit(&mut run, &mut out).unwrap_or(false);
     Ok((out, more))
-}
-
-/// Every node address recorded in the log.
-pub fn addresses(view: &View<'_>) -> Result<Vec<(NodeId, String)>, LmdbError> {
-    let mut out = Vec::new();
-    for item in view.sessions.prefix_iter(view.txn, b"m")? {
-        let (k, v) = item?;
-        out.push((
-            NodeId(read_u64(&k[1..])),
-            String::from_utf8_lossy(v).into_owned(),
-        ));
-    }
-    Ok(out)
 }
 
 /// The number of open sessions: one read (a store written before the count existed
@@ -649,11 +623,6 @@ impl Machine for Kv {
                     index: cx.log_id.index.0,
                     result,
                 })
-            }
-            Body::SetAddress { id, addr } => {
-                cx.sessions
-                    .put(cx.txn, &sys_key(b'm', &[id.0]), addr.as_bytes())?;
-                Response::Done
             }
             Body::Tick => Response::Done,
         };

@@ -133,7 +133,9 @@ pub enum Consistency {
 pub enum AdminOp {
     /// This node's view of the cluster.
     Status,
-    /// Adds node `id`, reachable at `addr`, as a learner.
+    /// Adds node `id`, reachable at `addr`, as a learner. The address is recorded in
+    /// the configuration entry (a [`NodeRecord`](raft_proto::NodeRecord)), so every
+    /// node learns it from the log.
     AddLearner {
         /// The new node.
         id: NodeId,
@@ -161,6 +163,14 @@ pub enum AdminOp {
     /// stream of its own (not on a lane): the node answers with [`SaveFrame`]s, a
     /// header, the snapshot's bytes in chunks, then an end frame.
     SaveSnapshot,
+    /// Records a member's new address (it moved): a configuration change that
+    /// replaces its [`NodeRecord`](raft_proto::NodeRecord).
+    MoveNode {
+        /// The member.
+        id: NodeId,
+        /// Its new address (`host:port`).
+        addr: String,
+    },
 }
 
 /// What a node sends on a [`AdminOp::SaveSnapshot`] stream, in this order: one

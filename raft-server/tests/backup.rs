@@ -237,8 +237,10 @@ async fn a_backup_of_a_busy_cluster_restores_into_a_new_cluster_at_its_index() {
         )
         .await;
         assert!(out.status.success(), "restore {id}: {out:?}");
+        // The old cluster's addresses live in its membership's records, which a
+        // restore does not carry over: the new voters come from --config.
         assert!(
-            stdout(&out).contains(", 3 old node addresses dropped"),
+            stdout(&out).contains(" records\n") && stdout(&out).contains("voters: 1,2,3"),
             "{}",
             stdout(&out)
         );

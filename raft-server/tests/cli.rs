@@ -273,6 +273,31 @@ async fn exit_codes_tell_a_missing_key_and_a_cas_mismatch_from_errors_and_usage(
         Duration::from_secs(30),
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
+    // `cluster status` with no node answering fails too (it used to exit 0).
+    let out = run_cli(
+        &[
+            "cluster",
+            "--nodes",
+            &dead,
+            "--ca",
+            certs.join("ca.crt").to_str().expect("utf-8"),
+            "--cert",
+            certs.join("client-test.crt").to_str().expect("utf-8"),
+            "--key",
+            certs.join("client-test.key").to_str().expect("utf-8"),
+            "--timeout",
+            "1",
+            "status",
+        ],
+        cluster.dir.path(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no node answered"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

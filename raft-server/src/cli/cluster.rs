@@ -20,6 +20,9 @@ pub(crate) enum ClusterOp {
     Promote { id: u64 },
     /// Remove a node.
     Remove { id: u64 },
+    /// Record a member's new address (it restarted elsewhere); every node learns it
+    /// from the log.
+    MoveNode { id: u64, addr: String },
     /// Hand leadership to another voter.
     TransferLeader { id: u64 },
     /// Take a snapshot on one node (default: the first that answers).
@@ -134,6 +137,13 @@ pub(crate) async fn cluster(conn: ConnArgs, output: Output, op: ClusterOp) -> Re
             } else {
                 print_status(&all);
             }
+            // Scripts check the exit status: no node answering is a failure (1).
+            if all.iter().all(|(_, s)| s.is_err()) {
+                return Err(CliError::Failed(format!(
+                    "no node answered ({} tried)",
+                    all.len()
+                )));
+            }
         }
         ClusterOp::AddLearner { id, addr } => {
             client.add_learner(NodeId(id), &addr).await?;
@@ -141,6 +151,14 @@ pub(crate) async fn cluster(conn: ConnArgs, output: Output, op: ClusterOp) -> Re
                 emit(json!({ "op": "add-learner", "id": id, "address": addr }));
             } else {
                 println!("node {id} ({addr}) added as a learner; promote it once it has caught up");
+            }
+        }
+        ClusterOp::MoveNode { id, addr } => {
+            client.move_node(NodeId(id), &addr).await?;
+            if json {
+                emit(json!({ "op": "move-node", "id": id, "address": addr }));
+            } else {
+                println!("node {id} is now recorded at {addr}");
             }
         }
         ClusterOp::Promote { id } => {

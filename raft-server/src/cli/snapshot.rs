@@ -166,12 +166,11 @@ async fn restore(args: RestoreArgs) -> Result<(), CliError> {
     };
     let report = backup::restore(&options).await?;
     println!(
-        "restored {} into {} for node {id} in {:.2} s: {} records, {} old node addresses dropped",
+        "restored {} into {} for node {id} in {:.2} s: {} records",
         args.file.display(),
         data_dir.display(),
         report.elapsed.as_secs_f64(),
-        report.records,
-        report.dropped_addresses
+        report.records
     );
     describe(&report.header);
     let voters: Vec<String> = report

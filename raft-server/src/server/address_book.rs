@@ -1,15 +1,18 @@
-//! The address book: every peer's address, from the configuration and from what the
-//! log recorded; and the half-second housekeeping that keeps it (and a few gauges)
-//! current.
+//! The address book: every peer's address, from the configuration's peers at start-up
+//! and from the membership's node records (replicated with each configuration entry)
+//! as the node learns them.
 
 use super::Shared;
-use crate::kv::{self, Body};
-use raft_core::Role;
 use raft_core::node::NodeState;
-use raft_proto::NodeId;
+use raft_proto::{NodeId, NodeRecord};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long the follower of the node's metrics waits after a change before it looks
+/// again: metrics change with every commit under load, memberships rarely.
+pub(super) const SETTLE: Duration = Duration::from_millis(50);
 
 impl Shared {
     pub(super) fn addr_of(&self, id: NodeId) -> Option<String> {
@@ -34,53 +37,38 @@ impl Shared {
         }
     }
 
-    /// Every half second: learn addresses recorded in the log; as leader, record the
-    /// addresses of members that have none yet; count leader changes and sessions.
-    pub(super) async fn housekeeping(self: Arc<Self>) {
-        let mut last_leader = None;
+    /// Learns the addresses in `records` (a membership's node records).
+    pub(super) fn learn_records(&self, records: &BTreeMap<NodeId, NodeRecord>) {
+        for (&id, record) in records {
+            match crate::config::resolve(&record.address) {
+                Ok(addr) => self.learn_address(id, addr),
+                Err(e) => {
+                    tracing::warn!(node = %self.id, peer = %id, address = record.address, error = %e, "a member's recorded address does not resolve")
+                }
+            }
+        }
+    }
+
+    /// Follows the node's membership: the records of every configuration the node
+    /// takes on (as soon as its entry is in the log, or a snapshot brings it) go into
+    /// the address book. Ends when the node stops.
+    pub(super) async fn follow_membership(self: Arc<Self>) {
+        let mut metrics = self.node.metrics();
+        let mut known = BTreeMap::new();
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let m = self.node.metrics().get();
-            if m.state != NodeState::Running {
+            let (running, changed) =
+                metrics.with(|m| (m.state == NodeState::Running, m.membership.nodes != known));
+            if !running {
                 return;
             }
-            if m.leader != last_leader {
-                if m.leader.is_some() {
-                    self.metrics.leader_changes.inc();
-                }
-                last_leader = m.leader;
+            if changed {
+                known = metrics.with(|m| m.membership.nodes.clone());
+                self.learn_records(&known);
             }
-            let sm = self.sm.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                sm.read(|v| Ok((kv::addresses(v)?, kv::session_count(v)?)))
-            })
-            .await;
-            let Ok(Ok((recorded, sessions))) = read else {
-                continue;
-            };
-            self.metrics.sessions.set(sessions);
-            for (id, addr) in &recorded {
-                if let Ok(a) = crate::config::resolve(addr) {
-                    self.learn_address(*id, a);
-                }
+            if metrics.changed().await.is_none() {
+                return;
             }
-            if m.role == Role::Leader {
-                let members = m.membership.voters.iter().chain(&m.membership.learners);
-                for &id in members {
-                    if recorded.iter().any(|(r, _)| *r == id) {
-                        continue;
-                    }
-                    let known = self.addresses.read().ok().and_then(|a| a.get(&id).copied());
-                    if let Some(addr) = known {
-                        let _ = self
-                            .propose(Body::SetAddress {
-                                id,
-                                addr: addr.to_string(),
-                            })
-                            .await;
-                    }
-                }
-            }
+            tokio::time::sleep(SETTLE).await;
         }
     }
 }

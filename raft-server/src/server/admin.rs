@@ -3,11 +3,10 @@
 
 use super::Shared;
 use super::exposition::role_name;
-use crate::kv::Body;
 use crate::proto::{AdminOp, Response, ServerError, Status};
 use raft_core::ConfChange;
 use raft_core::node::Metrics;
-use raft_proto::NodeId;
+use raft_proto::{NodeId, NodeRecord};
 
 impl Shared {
     pub(super) async fn admin(&self, op: AdminOp) -> Result<Response, ServerError> {
@@ -23,24 +22,23 @@ impl Shared {
                 if id.0 == 0 {
                     return Err(ServerError::Invalid("node id 0 is not allowed".into()));
                 }
-                // Record the address first, so every node can reach the learner.
-                match self
-                    .propose(Body::SetAddress {
-                        id,
-                        addr: resolved.to_string(),
-                    })
-                    .await?
-                {
-                    Response::Done => {}
-                    other => {
-                        return Err(ServerError::Failed(format!(
-                            "recording the address: {other:?}"
-                        )));
-                    }
-                }
+                // The address is part of the configuration entry: every node learns
+                // it from its log, with the membership itself.
                 self.learn_address(id, resolved);
                 self.node
-                    .add_learner(id, raft_proto::NodeRecord::new(resolved.to_string()))
+                    .add_learner(id, NodeRecord::new(resolved.to_string()))
+                    .await
+                    .map_err(membership_err)?;
+                Ok(Response::Done)
+            }
+            AdminOp::MoveNode { id, addr } => {
+                let resolved = crate::config::resolve(&addr)
+                    .map_err(|e| ServerError::Invalid(format!("address {addr:?}: {e}")))?;
+                self.node
+                    .change_membership(ConfChange::SetNode(
+                        id,
+                        NodeRecord::new(resolved.to_string()),
+                    ))
                     .await
                     .map_err(membership_err)?;
                 Ok(Response::Done)

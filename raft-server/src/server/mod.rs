@@ -9,13 +9,16 @@
 //! - `handler`: one client request (writes, reads, sizes, who may do what);
 //! - `admin`: membership, leadership, snapshots and the status;
 //! - `snapshot_save`: streaming a snapshot out for a backup;
-//! - `address_book`: the peers' addresses and the half-second housekeeping;
+//! - `address_book`: the peers' addresses, from the configuration and the
+//!   membership's node records;
+//! - `gauges`: leader changes and open sessions, kept current in the background;
 //! - `exposition`: the Prometheus page and the health check.
 
 mod address_book;
 mod admin;
 mod connection;
 mod exposition;
+mod gauges;
 mod handler;
 mod metered;
 mod snapshot_save;

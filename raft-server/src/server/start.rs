@@ -7,14 +7,14 @@ use super::{Server, Shared, now_ms};
 use crate::budget::ByteBudget;
 use crate::certificates::{self, CertFiles, Certificates};
 use crate::config::{ConfigError, Validated};
-use crate::kv::{self, Kv};
+use crate::kv::Kv;
 use crate::metrics::{self, Exposition, ServerMetrics};
 use crate::proto::FrameLimits;
 use raft_core::Config;
 use raft_core::node::{Environment, Node, NodeOptions};
 use raft_core::rt::tokio::TokioRuntime;
 use raft_net_quic::{ClientLimits, QuicConfig, QuicError, QuicTransport, Started};
-use raft_proto::{Membership, NodeId};
+use raft_proto::{Membership, NodeRecord};
 use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,18 +88,10 @@ impl Server {
         let cluster = crate::data_dir::ca_fingerprint(&identity.ca);
         let log = LmdbLogStore::open(c.data_dir.join("log"), EnvConfig::default())?;
         let sm = LmdbStateMachine::open(c.data_dir.join("sm"), Kv, SmConfig::default())?;
+        // The configuration's peers first; the membership's records (learned once the
+        // node runs) take precedence.
         let mut addresses = config.peers.clone();
         addresses.insert(config.id, config.listen);
-        for (id, addr) in sm.read(kv::addresses)? {
-            match crate::config::resolve(&addr) {
-                Ok(a) => {
-                    addresses.insert(id, a);
-                }
-                Err(e) => {
-                    tracing::warn!(node = %id, addr, error = %e, "a recorded address does not resolve")
-                }
-            }
-        }
         let mut quic = QuicConfig::new(config.id, config.listen, BTreeMap::new(), identity);
         quic.accept_clients = true;
         quic.client_limits = ClientLimits {
@@ -139,9 +131,21 @@ impl Server {
         let mut options = if c.join {
             NodeOptions::joining()
         } else {
-            let mut members: Vec<NodeId> = config.peers.keys().copied().collect();
-            members.push(config.id);
-            NodeOptions::new(Membership::voters(members))
+            // The founding configuration records every founder's address (its own
+            // only when it is one the others can dial, not 0.0.0.0).
+            let mut founders = Membership::voters_with(
+                config
+                    .peers
+                    .iter()
+                    .map(|(&id, addr)| (id, NodeRecord::new(addr.to_string()))),
+            );
+            founders.voters.insert(config.id);
+            if !config.listen.ip().is_unspecified() {
+                founders
+                    .nodes
+                    .insert(config.id, NodeRecord::new(config.listen.to_string()));
+            }
+            NodeOptions::new(founders)
         };
         options.tick = c.tick();
         let env = Environment {
@@ -191,7 +195,10 @@ impl Server {
                 }
             }));
         }
-        tasks.push(tokio::spawn(shared.clone().housekeeping()));
+        shared.learn_records(&shared.node.metrics().with(|m| m.membership.nodes.clone()));
+        tasks.push(tokio::spawn(shared.clone().follow_membership()));
+        tasks.push(tokio::spawn(shared.clone().count_leader_changes()));
+        tasks.push(tokio::spawn(shared.clone().count_sessions()));
         tasks.push(tokio::spawn(
             certs.watch(Duration::from_secs(c.cert_check_secs)),
         ));
