@@ -36,3 +36,13 @@ pub mod server;
 pub use client::{Client, ClientError, ClientOptions};
 pub use config::{ConfigError, ServerConfig, Validated};
 pub use server::{Server, StartError};
+
+/// The TLS identity [`Client::new`] takes.
+pub use raft_net_quic::Identity;
+/// The QUIC implementation in this crate's public API ([`proto::read_frame`]).
+pub use raft_net_quic::quinn;
+
+/// The README's example, compiled and run by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
