@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`backup`] (snapshot save and restore), [`bench`] (the load generator), [`certificates`] (the node's TLS material, its reloads and expiry), [`kv`] (the state machine and its sessions), [`proto`] (the client
+//! Modules: [`backup`] (snapshot save and restore), [`bench`](mod@bench) (the load generator), [`certificates`] (the node's TLS material, its reloads and expiry), [`kv`] (the state machine and its sessions), [`proto`] (the client
 //! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
 
 pub mod backup;
