@@ -19,7 +19,7 @@ use raft_core::{ConfChange, Config, Persist, ProposeError, ReadError, Role};
 use raft_net_quic::{
     CertInfo, CertRole, ClientLimits, QuicConfig, QuicError, QuicTransport, Started,
 };
-use raft_proto::{Bytes, Entry, LogId, LogIndex, Membership, NodeId, SnapshotMeta};
+use raft_proto::{Bytes, Entry, LogId, Membership, NodeId, SnapshotMeta};
 use raft_storage_lmdb::{EnvConfig, LmdbError, LmdbLogStore, LmdbStateMachine, SmConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -112,10 +112,6 @@ impl LogStore for MeteredLog {
             .log_batch_entries
             .observe(batch.entries.len() as f64);
         r
-    }
-
-    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(from, to).await
     }
 
     async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError> {
