@@ -176,7 +176,7 @@ def run_criterion(layer, out, quick, only_ids=None):
 
 
 def run_rtt(out, quick):
-    text, cond = measured(["cargo", "bench", "-q", "--locked", "-p", "raft-net-quic", "--bench", "rtt"],
+    text, cond = measured(["cargo", "bench", "-q", "--locked", "-p", "quorum-raft-net-quic", "--bench", "rtt"],
                           env={"RTT_SAMPLES": "2000"} if quick else None, log_file=out / "rtt.log")
     r = json_lines(text, "rtt")[0]
     return [figure("rtt", q, r[f"{q}_ns"], "ns", "lower", cond, samples=r["samples"])
@@ -185,7 +185,7 @@ def run_rtt(out, quick):
 
 def run_heartbeat_gap(out, _quick):
     text, cond = measured(
-        ["cargo", "test", "-q", "--locked", "--release", "-p", "raft-net-quic", "--test", "transport",
+        ["cargo", "test", "-q", "--locked", "--release", "-p", "quorum-raft-net-quic", "--test", "transport",
          "heartbeats_keep_flowing_while_a_64_mib_snapshot_streams", "--", "--exact", "--nocapture"],
         log_file=out / "heartbeat_gap.log")
     r = json_lines(text, "heartbeat_gap")[0]
@@ -199,7 +199,7 @@ def run_heartbeat_gap(out, _quick):
 
 def run_snapshot_latency(out, quick):
     env = {"SNAPSHOT_BENCH_KEYS": "16384", "SNAPSHOT_BENCH_APPLIES": "200"} if quick else None
-    text, cond = measured(["cargo", "bench", "-q", "--locked", "-p", "raft-storage-lmdb",
+    text, cond = measured(["cargo", "bench", "-q", "--locked", "-p", "quorum-raft-storage-lmdb",
                            "--bench", "snapshot_latency"], env=env, log_file=out / "snapshot_latency.log")
     figures = []
     for r in json_lines(text, "snapshot_latency"):
@@ -275,13 +275,13 @@ def build(suites):
     if any(s in CRITERION_SUITES for s in suites):
         pkgs += ["-p", "benches"]
     if "rtt" in suites:
-        pkgs += ["-p", "raft-net-quic"]
+        pkgs += ["-p", "quorum-raft-net-quic"]
     if "snapshot_latency" in suites:
-        pkgs += ["-p", "raft-storage-lmdb"]
+        pkgs += ["-p", "quorum-raft-storage-lmdb"]
     if pkgs:
         measured(["cargo", "bench", "-q", "--locked", "--no-run", *pkgs])
     if "heartbeat_gap" in suites:
-        measured(["cargo", "test", "-q", "--locked", "--release", "--no-run", "-p", "raft-net-quic",
+        measured(["cargo", "test", "-q", "--locked", "--release", "--no-run", "-p", "quorum-raft-net-quic",
                   "--test", "transport"])
 
 

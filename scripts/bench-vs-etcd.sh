@@ -51,7 +51,7 @@ if ((${#need_pkgs[@]})); then
 fi
 
 log "building (release)"
-cargo build --release --locked -q -p raft-server
+cargo build --release --locked -q -p quorum-raft-server
 RAFT=$TARGET/release/raft-server
 if [[ " $SYSTEMS " == *" etcd "* ]]; then
     # Built from a copy: the shared tools folder is only read (cargo would write a

@@ -20,7 +20,7 @@ P99_MAX_MS=${P99_MAX_MS:-5000}
 PORT=${PORT:-7701}
 METRICS_PORT=${METRICS_PORT:-9701}
 
-cargo build --release --locked -q -p raft-server
+cargo build --release --locked -q -p quorum-raft-server
 B=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/release/raft-server
 rm -rf "$OUT"
 mkdir -p "$OUT"

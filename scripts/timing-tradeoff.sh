@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SETTINGS=${SETTINGS:-"10:1 30:3 100:10"}
 TRIALS=${TRIALS:-5}
-cargo build --release --locked -q -p raft-server
+cargo build --release --locked -q -p quorum-raft-server
 B=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/release/raft-server
 
 failover() { # election heartbeat -> the median ms from kill -9 of the leader to a new leader

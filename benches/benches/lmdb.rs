@@ -7,7 +7,7 @@
 //!   checkpointed, as `LmdbLogStore` always does). Throughput is entries per second;
 //!   the time per iteration is the durable-write latency. The log is purged off the clock whenever it
 //!   passes 64k entries, so it never grows without bound.
-//! - `read/range=1024`: one iteration is one [`LogStore::entries`]`(from, from + 1024)`
+//! - `read/range=1024`: one iteration is one [`LmdbLogStore::entries`]`(from, from + 1024)`
 //!   on a log of 131,072 entries of 128 bytes (every record's checksum verified), at a
 //!   different `from` each time. Throughput is entries per second.
 //! - `apply/puts=1024`: one iteration is one [`StateMachine::apply`] of 1024 entries,

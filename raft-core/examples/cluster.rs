@@ -1,6 +1,6 @@
 //! Three in-memory `Node`s in one process: elect, write, read linearizably.
 //!
-//! `cargo run -p raft-core --example cluster --features testing`
+//! `cargo run -p quorum-raft-core --example cluster --features testing`
 
 #![allow(clippy::print_stdout)]
 

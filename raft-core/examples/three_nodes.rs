@@ -1,7 +1,7 @@
 //! A 3-node cluster of sans-IO `Raft` nodes in one process: elect a leader, replicate
 //! commands, lose the leader, and watch a new one take over with every command intact.
 //!
-//! Run with `cargo run -p raft-core --example three_nodes`.
+//! Run with `cargo run -p quorum-raft-core --example three_nodes`.
 
 #![allow(clippy::print_stdout)]
 

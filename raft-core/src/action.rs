@@ -4,7 +4,7 @@ use crate::error::ReadError;
 use raft_proto::{Bytes, Entry, HardState, LogId, LogIndex, Message, NodeId, ReadId, SnapshotMeta};
 use std::collections::VecDeque;
 
-/// One thing the driver must carry out, in the order [`Raft::poll_action`]
+/// One thing the driver must carry out, in the order [`Raft::poll_action`](crate::Raft::poll_action)
 /// (crate::Raft::poll_action) returns them.
 ///
 /// # The ordering contract

@@ -104,3 +104,8 @@ pub use progress::{Progress, ProgressState, SnapshotSend};
 pub use raft::{Raft, Role, Status};
 pub use raft_proto;
 pub use restore::{Plan, Restore, Stored};
+
+/// The README's example, compiled and run by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

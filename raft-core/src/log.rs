@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 /// The replicated log of one node.
 ///
-/// Invariants (checked by [`RaftLog::check`]):
+/// Invariants (checked by `RaftLog::check`):
 /// - `entries[i].log_id.index == purged.index + 1 + i` (contiguous);
 /// - terms never decrease along the log, and the first entry's term is at least the
 ///   purged entry's term;

@@ -580,13 +580,6 @@ impl raft_core::node::LogStore for HeldLog {
         }
         self.inner.write(batch).await
     }
-    async fn entries(
-        &self,
-        from: raft_proto::LogIndex,
-        to: raft_proto::LogIndex,
-    ) -> Result<Vec<raft_proto::Entry>, raft_core::node::StorageError> {
-        self.inner.entries(from, to).await
-    }
     async fn purge(
         &self,
         up_to: raft_proto::LogId,

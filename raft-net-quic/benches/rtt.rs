@@ -4,7 +4,7 @@
 //! `RTT_SAMPLES` (default 20,000) round trips after 2,000 warm-up ones, as a line for
 //! people and as one JSON line (nanoseconds) for `scripts/bench-all.py`.
 //!
-//! Run: `cargo bench -p raft-net-quic --bench rtt`.
+//! Run: `cargo bench -p quorum-raft-net-quic --bench rtt`.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 

@@ -38,3 +38,8 @@ pub use message::{
     InstallSnapshotResponse, Message, ReadIndexRequest, ReadIndexResponse, ReadIndexResult,
     SnapshotOutcome, SnapshotRequest, TimeoutNow, VoteRequest, VoteResponse,
 };
+
+/// The README's example, compiled and run by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -4,7 +4,7 @@ use crate::{Bytes, Entry, LogId, LogIndex, NodeId, ReadId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
 /// A message from one Raft node to another. The sender's id travels beside the message
-/// (in an [`Envelope`], or bound to the connection by the transport).
+/// (in an [`Envelope`](crate::Envelope), or bound to the connection by the transport).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// RequestVote (paper §5.2), or a PreVote probe (dissertation §9.6).

@@ -2,7 +2,7 @@
 //! from them (`raft-server snapshot restore`), like etcd's `snapshot save` and
 //! `etcdutl snapshot restore`.
 //!
-//! **What is saved.** [`save`] asks one node for [`AdminOp::SaveSnapshot`](crate::proto::AdminOp::SaveSnapshot)
+//! **What is saved.** [`save`] asks one node for [`AdminOp::SaveSnapshot`]
 //! (admin role) on a stream of its own. The node first confirms with the leader that
 //! it has applied every write acknowledged before the request (a ReadIndex round),
 //! then makes sure it has a snapshot at or after that index (taking one if needed)

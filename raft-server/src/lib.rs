@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`backup`] (snapshot save and restore), [`bench`] (the load generator), [`certificates`] (the node's TLS material, its reloads and expiry), [`kv`] (the state machine and its sessions), [`proto`] (the client
+//! Modules: [`backup`] (snapshot save and restore), [`bench`](mod@bench) (the load generator), [`certificates`] (the node's TLS material, its reloads and expiry), [`kv`] (the state machine and its sessions), [`proto`] (the client
 //! protocol), [`client`] (the Rust client), [`config`], [`metrics`], [`server`].
 
 pub mod backup;
@@ -36,3 +36,13 @@ pub mod server;
 pub use client::{Client, ClientError, ClientOptions};
 pub use config::{ConfigError, ServerConfig, Validated};
 pub use server::{Server, StartError};
+
+/// The TLS identity [`Client::new`] takes.
+pub use raft_net_quic::Identity;
+/// The QUIC implementation in this crate's public API ([`proto::read_frame`]).
+pub use raft_net_quic::quinn;
+
+/// The README's example, compiled and run by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

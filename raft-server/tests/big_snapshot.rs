@@ -4,7 +4,7 @@
 //!
 //! `#[ignore]`d (it writes ~10 GiB and runs a few minutes); CI runs it against the
 //! release binary:
-//! `RAFT_SERVER_BIN=target/release/raft-server cargo test -p raft-server --test big_snapshot -- --ignored --nocapture`.
+//! `RAFT_SERVER_BIN=target/release/raft-server cargo test -p quorum-raft-server --test big_snapshot -- --ignored --nocapture`.
 //! `RAFT_BIG_SNAPSHOT_MIB` sets the state's size (2048 by default).
 
 #![allow(clippy::print_stderr)]

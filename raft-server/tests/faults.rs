@@ -5,7 +5,7 @@
 //! `.ci/run` as
 //!
 //! ```sh
-//! cargo test -p raft-server --test faults -- --ignored --test-threads=1 --nocapture
+//! cargo test -p quorum-raft-server --test faults -- --ignored --test-threads=1 --nocapture
 //! ```
 //!
 //! Without root the tests say so loudly and pass (outside CI) or fail (with `CI` set).

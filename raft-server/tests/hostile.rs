@@ -5,7 +5,7 @@
 //! within 3x of its p99 before the attack.
 //!
 //! The resource attacks run against the release binary in CI
-//! (`RAFT_SERVER_BIN=target/release/raft-server cargo test -p raft-server --test
+//! (`RAFT_SERVER_BIN=target/release/raft-server cargo test -p quorum-raft-server --test
 //! hostile -- --ignored --test-threads=1 --nocapture`); each prints one `HOSTILE {json}`
 //! line with its figures.
 

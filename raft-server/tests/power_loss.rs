@@ -20,7 +20,7 @@
 //! `unshare`, `chattr`) and gcc; run by `.ci/run` as
 //!
 //! ```sh
-//! cargo test -p raft-server --test power_loss -- --ignored --test-threads=1 --nocapture
+//! cargo test -p quorum-raft-server --test power_loss -- --ignored --test-threads=1 --nocapture
 //! ```
 //!
 //! Without root the tests say so loudly and pass (outside CI) or fail (with `CI` set).

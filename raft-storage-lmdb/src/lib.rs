@@ -56,6 +56,11 @@ pub use state_machine::{
 };
 pub use worker::WorkerGone;
 
+/// The LMDB bindings in this crate's public API: [`ApplyContext::txn`] and
+/// [`View::txn`] are heed transactions, and a [`Machine`] works with heed's types.
+/// Use this re-export, not your own `heed` dependency, so the versions always match.
+pub use heed;
+
 /// Checks a snapshot file's bytes the way an install does, without installing (for
 /// tools and the fuzzer): the trailer's CRC32C over every byte before it, then the
 /// header and every record's framing up to the end record, with nothing after it.
@@ -67,3 +72,8 @@ pub use worker::WorkerGone;
 pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<u64, LmdbError> {
     snapshot_file::verify_bytes(bytes)
 }
+
+/// The README's example, compiled and run by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -197,6 +197,14 @@ impl LmdbLogStore {
         &self.dir
     }
 
+    /// Reads the stored entries with indexes in `[from, to)`: fewer (a prefix) at the
+    /// end of the log, none from the purged part. For tools and tests; a node reads
+    /// its log once, with [`load`](LogStore::load).
+    pub async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.on_index("read the log", move |s| s.range(from, to))
+            .await
+    }
+
     async fn on_writer<R: Send + 'static>(
         &self,
         operation: &'static str,
@@ -661,11 +669,6 @@ impl LogStore for LmdbLogStore {
     async fn write(&self, batch: &Persist) -> Result<(), StorageError> {
         let batch = batch.clone();
         self.on_writer("write to the log", move |s| s.write(&batch))
-            .await
-    }
-
-    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.on_index("read the log", move |s| s.range(from, to))
             .await
     }
 

@@ -114,8 +114,9 @@ pub struct SmConfig {
     pub snapshot_write_rate: Option<u64>,
     /// How applies reach the disk (default [`ApplyDurability::Deferred`]).
     pub apply_durability: ApplyDurability,
-    /// Tests only: the boot id to assume instead of the machine's (to play an OS
-    /// crash without one).
+    /// Tests only (feature `testing`): the boot id to assume instead of the machine's
+    /// (to play an OS crash without one).
+    #[cfg(any(test, feature = "testing"))]
     pub boot_id_for_tests: Option<String>,
 }
 
@@ -153,6 +154,7 @@ impl Default for SmConfig {
             snapshot_sync_bytes: 256 << 10,
             snapshot_write_rate: Some(100 << 20),
             apply_durability: ApplyDurability::Deferred,
+            #[cfg(any(test, feature = "testing"))]
             boot_id_for_tests: None,
         }
     }
@@ -346,7 +348,10 @@ impl<M: Machine> LmdbStateMachine<M> {
         for sub in ["snapshots", "incoming"] {
             durable::create_dir(&dir.join(sub))?;
         }
+        #[cfg(any(test, feature = "testing"))]
         let boot = config.boot_id_for_tests.clone().or_else(machine_boot_id);
+        #[cfg(not(any(test, feature = "testing")))]
+        let boot = machine_boot_id();
         let trusted = dirty::trusted(&dir, boot.as_deref())?;
         if !trusted {
             tracing::warn!(dir = %dir.display(), "the state machine stopped with applies not yet on disk, and this is not the same boot and directory (an OS crash, a power cut, or a copy of a running node's directory): discarding the state; it is rebuilt from the newest intact snapshot and the node applies the log after it again");

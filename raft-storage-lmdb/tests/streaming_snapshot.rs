@@ -4,7 +4,7 @@
 //! that catches up must not need RAM for all of it).
 //!
 //! The 2 GiB case is `#[ignore]`d (it writes ~7 GiB and takes a minute or two):
-//! `cargo test --release -p raft-storage-lmdb --test streaming_snapshot -- --ignored --nocapture`
+//! `cargo test --release -p quorum-raft-storage-lmdb --test streaming_snapshot -- --ignored --nocapture`
 //! (`RAFT_BIG_SNAPSHOT_MIB` sets the size; 2048 by default).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]

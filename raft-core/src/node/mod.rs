@@ -1,4 +1,4 @@
-//! The async `Node`: a [`Raft`](crate::Raft) driven over a [`LogStore`], a
+//! The async `Node`: a [`Raft`] driven over a [`LogStore`], a
 //! [`StateMachine`], a [`Transport`] and a [`Runtime`].
 //!
 //! One driver task owns the `Raft`. Each time it wakes it takes everything queued

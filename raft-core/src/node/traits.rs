@@ -4,7 +4,7 @@
 
 use crate::action::Persist;
 use futures::future::BoxFuture;
-use raft_proto::{Bytes, Entry, HardState, LogId, LogIndex, Message, NodeId, SnapshotMeta};
+use raft_proto::{Bytes, Entry, HardState, LogId, Message, NodeId, SnapshotMeta};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,12 +71,6 @@ pub trait LogStore: Send + Sync + 'static {
     ///   is visible;
     /// - never reorder batches: a later call sees the effects of earlier ones.
     async fn write(&self, batch: &Persist) -> Result<(), StorageError>;
-
-    /// Reads the entries with indexes in `[from, to)`.
-    ///
-    /// To ensure correctness: return only durable entries; fewer (a prefix) is fine at
-    /// the end of the log, none if `from` is purged.
-    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError>;
 
     /// Removes every entry up to and including `up_to`, remembers `up_to` as the last
     /// purged id and `base` as [`StoredLog::base`]. Everything removed is covered by

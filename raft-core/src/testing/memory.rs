@@ -4,9 +4,7 @@
 use crate::action::Persist;
 use crate::node::{LogStore, MachineState, SnapshotTask, StateMachine, StorageError, StoredLog};
 use futures::FutureExt;
-use raft_proto::{
-    Bytes, Entry, EntryPayload, LogId, LogIndex, SnapshotMeta, decode_frame, encode_frame,
-};
+use raft_proto::{Bytes, Entry, EntryPayload, LogId, SnapshotMeta, decode_frame, encode_frame};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -84,17 +82,6 @@ impl LogStore for MemLogStore {
             log.hard_state = hs;
         }
         Ok(())
-    }
-
-    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.check("read the log")?;
-        let log = lock(&self.log);
-        Ok(log
-            .entries
-            .iter()
-            .filter(|e| e.log_id.index >= from && e.log_id.index < to)
-            .cloned()
-            .collect())
     }
 
     async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError> {

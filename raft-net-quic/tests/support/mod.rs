@@ -20,7 +20,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
-        // `RUST_LOG=raft_net_quic=debug cargo test -p raft-net-quic -- --nocapture`
+        // `RUST_LOG=raft_net_quic=debug cargo test -p quorum-raft-net-quic -- --nocapture`
         // shows what the transports decided.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -7,7 +7,7 @@ use raft_core::Persist;
 use raft_core::node::{
     LogStore, MachineState, SnapshotTask, StateMachine, StorageError, StoredLog,
 };
-use raft_proto::{Bytes, Entry, LogId, LogIndex, SnapshotMeta};
+use raft_proto::{Bytes, Entry, LogId, SnapshotMeta};
 use raft_storage_lmdb::{LmdbLogStore, LmdbStateMachine};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,10 +34,6 @@ impl LogStore for MeteredLog {
             .log_batch_entries
             .observe(batch.entries.len() as f64);
         r
-    }
-
-    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(from, to).await
     }
 
     async fn purge(&self, up_to: LogId, base: &SnapshotMeta) -> Result<(), StorageError> {
