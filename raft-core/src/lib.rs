@@ -20,6 +20,11 @@
 //! # }
 //! ```
 //!
+//! To bring your own storage, state machine or network, read the [`guide`]
+//! ("Implementing LogStore / StateMachine / Transport"): what each trait must
+//! guarantee, the conformance suites, and two examples of a user's own state machine,
+//! one in memory (`examples/ledger.rs`) and one on LMDB and QUIC.
+//!
 //! # The sans-IO core
 //!
 //! [`Raft`] holds one node's state. It never reads a clock, never does I/O and never
@@ -80,6 +85,7 @@ mod action;
 mod config;
 mod election;
 mod error;
+pub mod guide;
 mod log;
 mod membership;
 pub mod node;

@@ -11,6 +11,9 @@
 //! write); applies and snapshot builds go, in order, to an apply task that answers
 //! clients. A storage error stops the node.
 //!
+//! Implementing the traits: see the [guide](crate::guide) (what each must guarantee,
+//! the conformance suites, and examples with a state machine of your own).
+//!
 //! ```no_run
 //! # async fn demo(env: raft_core::node::Environment) -> Result<(), Box<dyn std::error::Error>> {
 //! use raft_core::node::{Node, NodeOptions};
