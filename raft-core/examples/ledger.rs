@@ -8,7 +8,7 @@
 //! overdraft refused (the refusal is the command's response, the same on every node),
 //! then cuts a follower off, snapshots and compacts the leader's log behind it, and
 //! lets the follower catch up from the snapshot. Every step is asserted; it exits 0 in
-//! about a second.
+//! a fraction of a second (and fails after 20 s if something hangs).
 //!
 //! `cargo run -p quorum-raft-core --example ledger --features testing`
 //!
