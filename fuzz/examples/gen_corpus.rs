@@ -341,6 +341,13 @@ fn client_frames() -> Result<Vec<(String, Vec<u8>)>> {
             Request::Admin(AdminOp::TransferLeader { to: NodeId(2) }),
         ),
         ("req_snapshot", Request::Admin(AdminOp::Snapshot)),
+        (
+            "req_move_node",
+            Request::Admin(AdminOp::MoveNode {
+                id: NodeId(2),
+                addr: "127.0.0.1:7112".into(),
+            }),
+        ),
     ];
     let responses = [
         ("resp_registered", Response::Registered { client_id: 17 }),
@@ -480,10 +487,6 @@ fn snapshot_files() -> Result<Vec<(String, Vec<u8>)>> {
         let empty = snapshot(&sm, LogId::ZERO).await?;
         let commands = [
             Body::Register { ttl_ms: 60_000 },
-            Body::SetAddress {
-                id: NodeId(2),
-                addr: "127.0.0.1:7102".into(),
-            },
             Body::Write {
                 session: Some(SessionRef {
                     client_id: 1,
