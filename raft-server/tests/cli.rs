@@ -250,48 +250,36 @@ async fn exit_codes_tell_a_missing_key_and_a_cas_mismatch_from_errors_and_usage(
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
     }
 
-    // 1: everything else, here no node answering.
+    // 1: everything else, here no node answering: a read, and `cluster status` (which
+    // used to exit 0 with nobody answering).
     let certs = cluster.dir.path().join("certs");
+    let path = |name: &str| certs.join(name).to_str().expect("utf-8").to_string();
+    let (ca, cert, key) = (
+        path("ca.crt"),
+        path("client-test.crt"),
+        path("client-test.key"),
+    );
     let dead = format!("127.0.0.1:{}", support::free_port());
-    let out = run_cli(
-        &[
-            "kv",
+    let against_a_dead_node = |group: &str, command: &[&str]| {
+        let mut args = vec![
+            group,
             "--nodes",
-            &dead,
+            dead.as_str(),
             "--ca",
-            certs.join("ca.crt").to_str().expect("utf-8"),
+            ca.as_str(),
             "--cert",
-            certs.join("client-test.crt").to_str().expect("utf-8"),
+            cert.as_str(),
             "--key",
-            certs.join("client-test.key").to_str().expect("utf-8"),
+            key.as_str(),
             "--timeout",
             "1",
-            "get",
-            "planet",
-        ],
-        cluster.dir.path(),
-        Duration::from_secs(30),
-    );
+        ];
+        args.extend_from_slice(command);
+        run_cli(&args, cluster.dir.path(), Duration::from_secs(30))
+    };
+    let out = against_a_dead_node("kv", &["get", "planet"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    // `cluster status` with no node answering fails too (it used to exit 0).
-    let out = run_cli(
-        &[
-            "cluster",
-            "--nodes",
-            &dead,
-            "--ca",
-            certs.join("ca.crt").to_str().expect("utf-8"),
-            "--cert",
-            certs.join("client-test.crt").to_str().expect("utf-8"),
-            "--key",
-            certs.join("client-test.key").to_str().expect("utf-8"),
-            "--timeout",
-            "1",
-            "status",
-        ],
-        cluster.dir.path(),
-        Duration::from_secs(30),
-    );
+    let out = against_a_dead_node("cluster", &["status"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no node answered"),
