@@ -38,7 +38,7 @@ impl Shared {
     }
 
     /// Learns the addresses in `records` (a membership's node records).
-    pub(super) fn learn_records(&self, records: &BTreeMap<NodeId, NodeRecord>) {
+    fn learn_records(&self, records: &BTreeMap<NodeId, NodeRecord>) {
         for (&id, record) in records {
             match crate::config::resolve(&record.address) {
                 Ok(addr) => self.learn_address(id, addr),

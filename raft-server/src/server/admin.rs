@@ -17,8 +17,7 @@ impl Shared {
         match op {
             AdminOp::Status => Ok(Response::Status(self.status())),
             AdminOp::AddLearner { id, addr } => {
-                let resolved = crate::config::resolve(&addr)
-                    .map_err(|e| ServerError::Invalid(format!("address {addr:?}: {e}")))?;
+                let resolved = resolve(&addr)?;
                 if id.0 == 0 {
                     return Err(ServerError::Invalid("node id 0 is not allowed".into()));
                 }
@@ -32,8 +31,7 @@ impl Shared {
                 Ok(Response::Done)
             }
             AdminOp::MoveNode { id, addr } => {
-                let resolved = crate::config::resolve(&addr)
-                    .map_err(|e| ServerError::Invalid(format!("address {addr:?}: {e}")))?;
+                let resolved = resolve(&addr)?;
                 self.node
                     .change_membership(ConfChange::SetNode(
                         id,
@@ -104,4 +102,9 @@ impl Shared {
             replication: m.replication.iter().map(|(&id, &i)| (id, i.0)).collect(),
         }
     }
+}
+
+/// An address from an admin request, resolved, or why it is refused.
+fn resolve(addr: &str) -> Result<std::net::SocketAddr, ServerError> {
+    crate::config::resolve(addr).map_err(|e| ServerError::Invalid(format!("address {addr:?}: {e}")))
 }

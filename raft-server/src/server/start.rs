@@ -195,7 +195,6 @@ impl Server {
                 }
             }));
         }
-        shared.learn_records(&shared.node.metrics().with(|m| m.membership.nodes.clone()));
         tasks.push(tokio::spawn(shared.clone().follow_membership()));
         tasks.push(tokio::spawn(shared.clone().count_leader_changes()));
         tasks.push(tokio::spawn(shared.clone().count_sessions()));
