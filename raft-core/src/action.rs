@@ -35,6 +35,11 @@ use std::collections::VecDeque;
 /// waiting: they depend on nothing else queued (the leader counts itself only after
 /// `persisted`), so a slow disk does not silence the leader.
 ///
+/// The same contract as code: [`Action::schedule`] classes each action (at once, a
+/// storage step, a state machine job, background), [`Action::may_go_ahead`] says what
+/// may pass a write, and [`ContractCheck`](crate::ContractCheck) checks a driver
+/// against both (the shipped driver in debug builds, and the simulator on every node).
+///
 /// Writes queued between two polls are merged where that is safe: consecutive ones,
 /// and ones separated only by the answers that depend on the first (a follower that
 /// received several appends writes them with one sync, then answers them all).

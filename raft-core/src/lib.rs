@@ -83,6 +83,7 @@
 
 mod action;
 mod config;
+pub mod contract;
 mod election;
 mod error;
 pub mod guide;
@@ -103,6 +104,7 @@ mod transfer;
 
 pub use action::{Action, Persist};
 pub use config::{Config, ConfigError, ReadMode};
+pub use contract::{ContractCheck, ContractViolation, Schedule};
 pub use error::{InitError, NotLeader, ProposeError, ReadError, TransferError};
 pub use log::RaftLog;
 pub use membership::{ConfChange, MembershipError};

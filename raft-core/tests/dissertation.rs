@@ -197,6 +197,38 @@ fn dissertation_6_4_read_index_needs_a_quorum_round() {
 }
 
 #[test]
+fn dissertation_6_4_a_read_waits_for_the_state_machine_to_apply_its_index() {
+    // §6.4 step 4: "The leader waits for its state machine to advance at least as far
+    // as the readIndex." Committed is not enough: the shipped driver applies on its
+    // own task, behind the core, so a read released at commit (or when the entries
+    // are handed out for applying) would serve a state without the write.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.nodes.get_mut(&n(1)).expect("leader").slow_applies = true;
+    let write = c.propose(n(1), "x=1");
+    c.settle();
+    assert!(
+        c.raft(n(1)).log().committed() >= write.index,
+        "the write is committed"
+    );
+    assert!(c.applied_commands(n(1)).is_empty(), "but not applied yet");
+    c.raft_mut(n(1)).read_index(ReadId(7)).expect("leader");
+    c.settle();
+    assert!(
+        c.node(n(1)).reads_ready.is_empty(),
+        "the read must wait for the apply, whatever the commit index says"
+    );
+    c.finish_applies(n(1));
+    c.settle();
+    let seen = &c.node(n(1)).reads_seen;
+    assert_eq!(seen.len(), 1, "released once the state machine caught up");
+    let (id, index, applied_then) = seen[0];
+    assert_eq!(id, ReadId(7));
+    assert!(index >= write.index);
+    assert_eq!(applied_then, 1, "the read saw the write");
+}
+
+#[test]
 fn dissertation_6_4_reads_in_one_round_share_one_heartbeat() {
     let mut c = Cluster::new(3);
     c.elect(n(1));

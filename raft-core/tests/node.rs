@@ -11,7 +11,7 @@ use raft_core::node::{
 use raft_core::rt::tokio::TokioRuntime;
 use raft_core::testing::{MemLogStore, MemStateMachine, Router, ThreadPoolRuntime, kv_command};
 use raft_core::{Config, NotLeader, ProposeError, Role};
-use raft_proto::{Bytes, Entry, Membership, NodeId, SnapshotMeta};
+use raft_proto::{Bytes, Entry, LogIndex, Membership, NodeId, SnapshotMeta};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -724,4 +724,121 @@ async fn a_leader_whose_disk_stalls_keeps_heartbeating_and_its_followers() {
     for node in nodes.values() {
         node.shutdown().await;
     }
+}
+
+/// A state machine whose applies wait while `open` is false: the apply task lags
+/// behind the driver, as a slow state machine makes it.
+struct HeldApply {
+    inner: MemStateMachine,
+    open: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl StateMachine for HeldApply {
+    async fn state(&self) -> Result<MachineState, StorageError> {
+        self.inner.state().await
+    }
+
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
+        while !self.open.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.inner.apply(entries).await
+    }
+
+    fn begin_snapshot(&self, meta: SnapshotMeta) -> SnapshotTask {
+        self.inner.begin_snapshot(meta)
+    }
+
+    async fn read_snapshot(
+        &self,
+        id: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(Bytes, bool)>, StorageError> {
+        self.inner.read_snapshot(id, offset, len).await
+    }
+
+    async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        self.inner.receive_snapshot(meta, offset, data).await
+    }
+
+    async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.inner.install_snapshot(meta).await
+    }
+}
+
+/// Dissertation §6.4 step 4 on the shipped driver, whose apply task runs behind it: a
+/// read waits for the state machine to apply the read index, not for the commit. A
+/// write is committed but its apply held; a read issued then returns only once the
+/// apply is let through, and the state machine then holds the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dissertation_6_4_a_read_waits_for_the_apply_task_not_the_commit() {
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime::current().unwrap());
+    let router = Router::new();
+    let open = Arc::new(AtomicBool::new(true));
+    let id = NodeId(1);
+    let (transport, incoming) = router.register(id);
+    let machine = MemStateMachine::new(1);
+    let mut options = NodeOptions::new(Membership::voters([id]));
+    options.tick = Duration::from_millis(5);
+    let env = Environment {
+        log: Arc::new(MemLogStore::new()),
+        state_machine: Arc::new(HeldApply {
+            inner: machine.clone(),
+            open: open.clone(),
+        }),
+        transport,
+        incoming,
+        runtime: rt.clone(),
+    };
+    let node = Node::start(Config::new(id), options, env).await.unwrap();
+    within(&rt, "a leader", node.leader()).await;
+    within(&rt, "a write", node.propose(kv_command("put", "a", "1")))
+        .await
+        .unwrap();
+    // Settled: everything committed is applied, and the metrics say so.
+    let mut w = node.metrics();
+    let settled = within(
+        &rt,
+        "the apply",
+        w.wait_for(|m| m.applied == m.committed && m.applied > LogIndex::ZERO),
+    )
+    .await
+    .unwrap();
+    open.store(false, Ordering::SeqCst);
+    let held = tokio::spawn({
+        let node = node.clone();
+        async move { node.propose(kv_command("put", "b", "2")).await }
+    });
+    within(
+        &rt,
+        "the commit",
+        w.wait_for(|m| m.committed > settled.committed),
+    )
+    .await;
+    let read = tokio::spawn({
+        let node = node.clone();
+        async move { node.read().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !read.is_finished(),
+        "a read returned with the write committed but not applied"
+    );
+    assert_eq!(machine.get("b"), None, "the apply is still held");
+    open.store(true, Ordering::SeqCst);
+    within(&rt, "the read", read).await.unwrap().unwrap();
+    assert_eq!(
+        machine.get("b").as_deref(),
+        Some("2"),
+        "the read saw the write"
+    );
+    within(&rt, "the held write", held).await.unwrap().unwrap();
+    node.shutdown().await;
 }

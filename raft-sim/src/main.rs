@@ -82,6 +82,12 @@ struct Cli {
     /// longer fails, with its replay command.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_WALL.as_millis() as u64)]
     max_wall_ms: u64,
+
+    /// Carry out the state machine's jobs (applies, snapshot captures, installs) at
+    /// once, in the driver's order, instead of later and interleaved as the shipped
+    /// driver's apply task does.
+    #[arg(long)]
+    in_order: bool,
 }
 
 impl Cli {
@@ -105,6 +111,7 @@ impl Cli {
             lease,
             max_events: (self.max_events != DEFAULT_MAX_EVENTS).then_some(self.max_events),
             max_wall: (max_wall != DEFAULT_MAX_WALL).then_some(max_wall),
+            in_order: self.in_order,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::kv::KvStore;
 use crate::rng::SimRng;
-use raft_core::{Action, Persist, Raft, Stored};
+use raft_core::{Action, ContractCheck, Persist, Raft, Stored};
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, ReadId,
     SnapshotMeta,
@@ -262,6 +262,16 @@ pub struct SimNode {
     pub building: Option<(SnapshotMeta, Bytes)>,
     /// Snapshots this node built.
     pub snapshots_built: u64,
+    /// The state machine's jobs (applies, snapshot captures, received chunks,
+    /// installs), carried out one at a time in order, later than the driver hands them
+    /// over: `Node`'s apply task.
+    pub jobs: VecDeque<Action>,
+    /// The state machine's next step is scheduled.
+    pub job_scheduled: bool,
+    /// The driver waits for an install the state machine has not carried out yet.
+    pub installing: bool,
+    /// The ordering contract, checked on every action this incarnation carries out.
+    pub contract: ContractCheck,
 }
 
 impl SimNode {
@@ -290,6 +300,10 @@ impl SimNode {
             incoming: None,
             building: None,
             snapshots_built: 0,
+            jobs: VecDeque::new(),
+            job_scheduled: false,
+            installing: false,
+            contract: ContractCheck::new(LogIndex::ZERO),
         }
     }
 
@@ -309,6 +323,9 @@ impl SimNode {
         self.applied = LogIndex::ZERO;
         self.incoming = None;
         self.building = None;
+        self.jobs.clear();
+        self.job_scheduled = false;
+        self.installing = false;
         self.incarnation += 1;
     }
 }

@@ -75,6 +75,11 @@ pub struct Profile {
     pub check_quorum: bool,
     /// Serve linearizable reads from a lease (needs CheckQuorum), with this bound.
     pub lease: Option<Lease>,
+    /// How long the state machine takes per job (an apply batch, a snapshot capture,
+    /// a received chunk, an install), as a range: its jobs complete this much later,
+    /// interleaved with the driver's other work, as `Node`'s apply task does. `None`
+    /// (`--in-order`): every job is done at once, in the driver's order.
+    pub apply_us: Option<(u64, u64)>,
 }
 
 /// A lease-read seed: how far clock rates may differ, and the margin that covers it.
@@ -264,6 +269,8 @@ impl Profile {
                     beyond_bound: lease_mode == LeaseMode::BeyondBound,
                 }
             }),
+            // Drawn last, so that the draws before it are those of earlier versions.
+            apply_us: Some(rng.pick(&[(0, 50), (20, 500), (200, 5 * MS)])),
         }
         .with_fault_phase()
     }

@@ -69,6 +69,8 @@ pub(crate) fn spawn(
         blocked_on_hard_state: false,
         waiting: VecDeque::new(),
         machine_applied,
+        #[cfg(debug_assertions)]
+        contract: crate::contract::ContractCheck::new(machine_applied),
     };
     runtime.spawn(driver.run().boxed());
 }
@@ -109,6 +111,9 @@ pub(crate) struct Driver {
     /// snapshot as applied when it asks for the install; the metrics wait for the
     /// install itself, as they promise "what its state machine has applied".
     machine_applied: LogIndex,
+    /// Debug builds check every action against the ordering contract.
+    #[cfg(debug_assertions)]
+    contract: crate::contract::ContractCheck,
 }
 
 /// A storage step the driver waits for before it carries out later actions.
@@ -252,6 +257,8 @@ impl Driver {
         match event {
             Event::Applied(index) => {
                 self.machine_applied = index;
+                #[cfg(debug_assertions)]
+                self.contract.applied(index);
                 self.raft.applied(index);
             }
             Event::SnapshotBuilt(meta) => self.raft.snapshot_built(meta),
@@ -330,6 +337,8 @@ impl Driver {
             let Some(action) = self.raft.poll_action() else {
                 return;
             };
+            #[cfg(debug_assertions)]
+            self.contract.polled(&action);
             if (self.blocked.is_none() && self.waiting.is_empty())
                 || action.may_go_ahead(self.blocked_on_hard_state, &self.waiting)
             {
@@ -343,6 +352,13 @@ impl Driver {
     /// The storage step in flight finished.
     fn finished(&mut self, done: Result<Done, FatalError>) {
         self.blocked_on_hard_state = false;
+        #[cfg(debug_assertions)]
+        if let Ok(done) = &done {
+            self.contract.finished(match done {
+                Done::Installed(index) => Some(*index),
+                Done::Written(_) | Done::Purged => None,
+            });
+        }
         match done {
             Ok(Done::Written(Some(last))) => self.raft.persisted(last),
             Ok(Done::Written(None) | Done::Purged) => {}
@@ -359,6 +375,10 @@ impl Driver {
 
     /// Carries out one action; a storage step becomes `blocked`.
     fn execute(&mut self, action: Action) {
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.contract.started(&action) {
+            panic!("node {}: {e}", self.raft.id());
+        }
         match action {
             Action::Send { to, message } => {
                 if matches!(

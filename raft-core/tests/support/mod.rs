@@ -1,10 +1,14 @@
 //! A small in-memory multi-node network for scenario tests: each node's actions are
 //! carried out strictly in order against an in-memory disk, messages wait in a queue
-//! until delivered, and links can be cut (isolate / cut / heal).
+//! until delivered, and links can be cut (isolate / cut / heal). Applies, snapshot
+//! builds and chunk reads can be held to finish later, as the shipped driver's
+//! background work does, and every action goes through the ordering contract's check.
 
 #![allow(dead_code, unreachable_pub)]
 
-use raft_core::{Action, Config, Persist, Plan, Raft, ReadError, Restore, Role, Stored};
+use raft_core::{
+    Action, Config, ContractCheck, Persist, Plan, Raft, ReadError, Restore, Role, Stored,
+};
 use raft_proto::{
     Bytes, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message, NodeId, ReadId,
     SnapshotMeta, Term, decode_frame, encode_frame,
@@ -97,6 +101,15 @@ pub struct TestNode {
     /// `finish_builds`.
     pub slow_snapshot_builds: bool,
     pub builds: VecDeque<(SnapshotMeta, Vec<u8>)>,
+    /// When true, applies run "in the background": they wait in `applies` until
+    /// `finish_applies`, while the node goes on (as `Node`'s apply task lags behind
+    /// its driver).
+    pub slow_applies: bool,
+    pub applies: VecDeque<Vec<Entry>>,
+    /// The state each answered read saw: (read, index, commands applied then).
+    pub reads_seen: Vec<(ReadId, LogIndex, usize)>,
+    /// The ordering contract, checked on every action this node carries out.
+    pub contract: ContractCheck,
 }
 
 impl TestNode {
@@ -132,6 +145,7 @@ impl TestNode {
     }
 
     fn from_restore(config: Config, disk: Disk, restore: Restore, state: Vec<Vec<u8>>) -> TestNode {
+        let contract = ContractCheck::new(restore.applied);
         TestNode {
             raft: Raft::new(config.clone(), restore).expect("valid test node"),
             config,
@@ -149,11 +163,30 @@ impl TestNode {
             chunk_reads: VecDeque::new(),
             slow_snapshot_builds: false,
             builds: VecDeque::new(),
+            slow_applies: false,
+            applies: VecDeque::new(),
+            reads_seen: Vec::new(),
+            contract,
         }
     }
 
     pub fn commands(&self) -> Vec<Vec<u8>> {
         self.state.clone()
+    }
+
+    /// Applies `entries` to the state and tells the core.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        let last = entries.last().map(|e| e.log_id.index);
+        for e in &entries {
+            if let EntryPayload::Command(c) = &e.payload {
+                self.state.push(c.to_vec());
+            }
+        }
+        self.applied.extend(entries);
+        if let Some(last) = last {
+            self.contract.applied(last);
+            self.raft.applied(last);
+        }
     }
 }
 
@@ -252,13 +285,20 @@ impl Cluster {
             let action = if !node.stalled.is_empty() && node.disk_fast {
                 node.stalled.pop_front()
             } else {
-                node.raft.poll_action()
+                let polled = node.raft.poll_action();
+                if let Some(a) = &polled {
+                    node.contract.polled(a);
+                }
+                polled
             };
             let Some(action) = action else { break };
             if !node.disk_fast && (!node.stalled.is_empty() || matches!(action, Action::Persist(_)))
             {
                 node.stalled.push_back(action);
                 continue;
+            }
+            if let Err(e) = node.contract.started(&action) {
+                panic!("node {id}: {e}");
             }
             self.carry_out(id, action);
         }
@@ -274,25 +314,23 @@ impl Cluster {
             }
             Action::Persist(p) => {
                 node.disk.write(&p);
+                node.contract.finished(None);
                 if let Some(last) = p.entries.last() {
                     node.raft.persisted(last.log_id);
                 }
             }
-            Action::Apply(entries) => {
-                let last = entries.last().map(|e| e.log_id.index);
-                for e in &entries {
-                    if let EntryPayload::Command(c) = &e.payload {
-                        node.state.push(c.to_vec());
-                    }
-                }
-                node.applied.extend(entries);
-                if let Some(last) = last {
-                    node.raft.applied(last);
-                }
+            Action::Apply(entries) if node.slow_applies => node.applies.push_back(entries),
+            Action::Apply(entries) => node.apply(entries),
+            Action::ReadReady { id, index } => {
+                node.reads_ready.push((id, index));
+                node.reads_seen.push((id, index, node.state.len()));
             }
-            Action::ReadReady { id, index } => node.reads_ready.push((id, index)),
             Action::ReadFailed { id, error } => node.reads_failed.push((id, error)),
             Action::BuildSnapshot { mut meta } => {
+                assert!(
+                    node.applies.is_empty(),
+                    "this harness captures snapshots from the applied state: finish held applies first"
+                );
                 node.snapshots_built += 1;
                 meta.id = (id.0 << 32) | node.snapshots_built as u64;
                 let data = encode_frame(&node.state).expect("encodable");
@@ -303,7 +341,10 @@ impl Cluster {
                     node.raft.snapshot_built(Some(meta));
                 }
             }
-            Action::PurgeLog { up_to, .. } => node.disk.purge(up_to),
+            Action::PurgeLog { up_to, .. } => {
+                node.disk.purge(up_to);
+                node.contract.finished(None);
+            }
             Action::ReadSnapshotChunk { .. } if node.slow_chunk_reads => {
                 node.chunk_reads.push_back(action);
             }
@@ -345,6 +386,7 @@ impl Cluster {
                 }
                 node.disk.purge(meta.last_log_id);
                 node.snapshots_installed += 1;
+                node.contract.finished(Some(meta.last_log_id.index));
             }
         }
     }
@@ -529,6 +571,15 @@ impl Cluster {
         while let Some((meta, data)) = node.builds.pop_front() {
             node.disk.store_snapshot(meta.clone(), data);
             node.raft.snapshot_built(Some(meta));
+        }
+        self.process(id);
+    }
+
+    /// Finishes `id`'s applies held by `slow_applies`, in order.
+    pub fn finish_applies(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        while let Some(entries) = node.applies.pop_front() {
+            node.apply(entries);
         }
         self.process(id);
     }

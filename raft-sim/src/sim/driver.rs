@@ -1,14 +1,18 @@
-//! The simulated driver: each node's actions carried out in order on its simulated
-//! disk, network and state machine, as the shipped `Node` driver does (writes in
-//! flight, sends that may go ahead of them, applies, reads, snapshots), with every
-//! per-node checker run after each event.
+//! The simulated driver: each node's actions carried out on its simulated disk,
+//! network and state machine as the shipped `Node` driver does, by the same
+//! [`Schedule`] of each action: writes in flight with the sends that may go ahead of
+//! them, the state machine's jobs (applies, snapshot captures, received chunks,
+//! installs) done one at a time in order but later, interleaved with everything else,
+//! as `Node`'s apply task does, and snapshot chunk reads that finish in any order. The
+//! [`ContractCheck`] watches every action, and every per-node checker runs after each
+//! event.
 
 use crate::checkers::{Check, violation};
 use crate::client::Reply;
 use crate::kv::ClientCommand;
 use crate::linearizability::KvOutput;
 use crate::node::CrashTrap;
-use raft_core::{Action, Config, Raft, ReadError, Restore, Role};
+use raft_core::{Action, Config, ContractCheck, Raft, ReadError, Restore, Role, Schedule};
 use raft_proto::{Bytes, Entry, EntryPayload, Membership, Message, NodeId, ReadId, SnapshotMeta};
 
 use super::{Event, World};
@@ -133,6 +137,7 @@ impl World {
         };
         // With the state lost, nothing is applied until a snapshot is installed.
         n.applied = applied;
+        n.contract = ContractCheck::new(applied);
         n.raft = Some(raft);
         let inc = n.incarnation;
         let first_tick = self.rng.range(1, self.nodes[node].tick_us);
@@ -189,6 +194,7 @@ impl World {
             };
             let mut ahead = Vec::new();
             while let Some(action) = raft.poll_action() {
+                node.contract.polled(&action);
                 // The mirrors follow the core's log as the actions leave it.
                 match &action {
                     Action::Persist(p) => {
@@ -207,7 +213,7 @@ impl World {
                 // ahead of actions waiting behind a write, unless a new term or vote
                 // is being written (see `Action`'s ordering contract).
                 let in_flight = node.disk.in_flight.as_ref();
-                let blocked = in_flight.is_some() || !node.queue.is_empty();
+                let blocked = in_flight.is_some() || node.installing || !node.queue.is_empty();
                 let writing_hard_state = in_flight.is_some_and(|p| p.hard_state.is_some());
                 if blocked
                     && action.may_go_ahead(writing_hard_state, &node.queue)
@@ -219,15 +225,29 @@ impl World {
                 }
             }
             for (to, message) in ahead {
+                let action = Action::Send { to, message };
+                self.contract_started(i, &action)?;
+                let Action::Send { to, message } = action else {
+                    unreachable!("built as a send above")
+                };
                 self.send(i, to, message);
             }
             let node = &mut self.nodes[i];
-            if node.disk.in_flight.is_some() {
+            if node.disk.in_flight.is_some() || node.installing {
                 return Ok(());
             }
             let Some(action) = node.queue.pop_front() else {
                 return Ok(());
             };
+            self.contract_started(i, &action)?;
+            if action.schedule().is_state_machine_job() {
+                if let Action::Apply(_) = action {
+                    // The core hands out only what it considers committed: record that.
+                    self.observe_commit(i)?;
+                }
+                self.hand_to_state_machine(i, action)?;
+                continue;
+            }
             match action {
                 Action::Send { to, message } => self.send(i, to, message),
                 Action::Persist(p) => {
@@ -251,7 +271,6 @@ impl World {
                     }
                     self.schedule(latency, Event::DiskDone { node: i, inc });
                 }
-                Action::Apply(entries) => self.apply(i, entries)?,
                 Action::ReadReady { id, .. } => self.read_ready(i, id),
                 Action::ReadFailed { id, error } => {
                     let ReadError::NotLeader(nl) = error else {
@@ -261,8 +280,11 @@ impl World {
                         self.reply(r.client, r.seq, r.attempt, Reply::NotLeader(nl.leader_hint));
                     }
                 }
-                Action::BuildSnapshot { meta } => self.build_snapshot(i, meta)?,
-                Action::PurgeLog { up_to, base } => self.nodes[i].disk.purge(up_to, &base),
+                Action::PurgeLog { up_to, base } => {
+                    // Done at once: the write lands before anything else happens.
+                    self.nodes[i].disk.purge(up_to, &base);
+                    self.nodes[i].contract.finished(None);
+                }
                 Action::ReadSnapshotChunk {
                     to,
                     meta,
@@ -281,7 +303,10 @@ impl World {
                         (None, false)
                     };
                     let inc = self.nodes[i].incarnation;
-                    let latency = self.profile.disk_us.0;
+                    // Each read runs on its own: they may finish in any order.
+                    let latency = self
+                        .rng
+                        .range(self.profile.disk_us.0, self.profile.disk_us.1);
                     self.schedule(
                         latency,
                         Event::ChunkRead {
@@ -295,31 +320,125 @@ impl World {
                         },
                     );
                 }
-                Action::WriteSnapshotChunk { meta, offset, data } => {
-                    let node = &mut self.nodes[i];
-                    if offset == 0 {
-                        node.incoming = Some((meta.id, Vec::new()));
-                    }
-                    match &mut node.incoming {
-                        Some((id, buf)) if *id == meta.id && buf.len() as u64 == offset => {
-                            buf.extend_from_slice(&data);
-                        }
-                        other => {
-                            let have = other.as_ref().map(|(id, buf)| (*id, buf.len()));
-                            return violation(
-                                "Snapshot transfer",
-                                format!(
-                                    "node {i} is told to store snapshot {} at {offset} but holds {have:?}",
-                                    meta.id
-                                ),
-                            );
-                        }
-                    }
-                }
-                Action::InstallSnapshot { meta, discard_log } => {
-                    self.install_snapshot(i, meta, discard_log)?
+                Action::Apply(_)
+                | Action::BuildSnapshot { .. }
+                | Action::WriteSnapshotChunk { .. }
+                | Action::InstallSnapshot { .. } => {
+                    unreachable!("state machine jobs are handed over above")
                 }
             }
+        }
+    }
+
+    /// Tells node `i`'s contract check that `action` starts; a breach is a violation.
+    fn contract_started(&mut self, i: usize, action: &Action) -> Check {
+        match self.nodes[i].contract.started(action) {
+            Ok(()) => Ok(()),
+            Err(e) => violation("Ordering contract", format!("node {i}: {e}")),
+        }
+    }
+
+    /// Hands a job to node `i`'s state machine: done later, after the jobs before it
+    /// (or at once with `--in-order`). The driver waits for an install.
+    fn hand_to_state_machine(&mut self, i: usize, job: Action) -> Check {
+        if job.schedule() == Schedule::StateMachineThenWait {
+            self.nodes[i].installing = true;
+        }
+        self.nodes[i].jobs.push_back(job);
+        match self.profile.apply_us {
+            None => {
+                while let Some(job) = self.nodes[i].jobs.pop_front() {
+                    self.run_job(i, job)?;
+                }
+                Ok(())
+            }
+            Some(_) => {
+                self.schedule_state_machine(i);
+                Ok(())
+            }
+        }
+    }
+
+    fn schedule_state_machine(&mut self, i: usize) {
+        let Some((lo, hi)) = self.profile.apply_us else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        if node.job_scheduled || node.jobs.is_empty() {
+            return;
+        }
+        node.job_scheduled = true;
+        let inc = node.incarnation;
+        let latency = self.rng.range(lo, hi + 1);
+        self.schedule(latency, Event::StateMachineStep { node: i, inc });
+    }
+
+    /// Node `i`'s state machine finishes its next job: an apply takes every apply
+    /// queued behind it along (one batch, as `Node`'s apply task gathers them).
+    pub(super) fn state_machine_step(&mut self, i: usize, inc: u64) -> Check {
+        let node = &mut self.nodes[i];
+        if node.incarnation != inc {
+            return Ok(());
+        }
+        node.job_scheduled = false;
+        let Some(job) = node.jobs.pop_front() else {
+            return Ok(());
+        };
+        let job = match job {
+            Action::Apply(mut entries) => {
+                while let Some(Action::Apply(more)) = node.jobs.front_mut() {
+                    entries.append(more);
+                    node.jobs.pop_front();
+                }
+                Action::Apply(entries)
+            }
+            other => other,
+        };
+        self.run_job(i, job)?;
+        self.schedule_state_machine(i);
+        self.drive(i)?;
+        self.check_node(i)
+    }
+
+    /// Carries out one of the state machine's jobs.
+    fn run_job(&mut self, i: usize, job: Action) -> Check {
+        match job {
+            Action::Apply(entries) => self.apply(i, entries),
+            Action::BuildSnapshot { meta } => self.build_snapshot(i, meta),
+            Action::WriteSnapshotChunk { meta, offset, data } => {
+                let node = &mut self.nodes[i];
+                if offset == 0 {
+                    node.incoming = Some((meta.id, Vec::new()));
+                }
+                match &mut node.incoming {
+                    Some((id, buf)) if *id == meta.id && buf.len() as u64 == offset => {
+                        buf.extend_from_slice(&data);
+                        Ok(())
+                    }
+                    other => {
+                        let have = other.as_ref().map(|(id, buf)| (*id, buf.len()));
+                        violation(
+                            "Snapshot transfer",
+                            format!(
+                                "node {i} is told to store snapshot {} at {offset} but holds {have:?}",
+                                meta.id
+                            ),
+                        )
+                    }
+                }
+            }
+            Action::InstallSnapshot { meta, discard_log } => {
+                let index = meta.last_log_id.index;
+                self.install_snapshot(i, meta, discard_log)?;
+                let node = &mut self.nodes[i];
+                node.installing = false;
+                node.contract.finished(Some(index));
+                Ok(())
+            }
+            other => violation(
+                "Ordering contract",
+                format!("node {i}'s state machine is handed {other:?}"),
+            ),
         }
     }
 
@@ -446,6 +565,7 @@ impl World {
             return Ok(());
         };
         n.disk.write(&p);
+        n.contract.finished(None);
         if let (Some(last), Some(raft)) = (p.entries.last(), n.raft.as_mut()) {
             raft.persisted(last.log_id);
         }
@@ -490,7 +610,9 @@ impl World {
                 self.reply(w.client, w.seq, w.attempt, reply);
             }
         }
-        if let (Some(last), Some(raft)) = (last, self.nodes[i].raft.as_mut()) {
+        let node = &mut self.nodes[i];
+        if let (Some(last), Some(raft)) = (last, node.raft.as_mut()) {
+            node.contract.applied(last);
             raft.applied(last);
         }
         Ok(())

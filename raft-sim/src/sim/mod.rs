@@ -98,6 +98,11 @@ enum Event {
         node: usize,
         inc: u64,
     },
+    /// The state machine finishes its next job.
+    StateMachineStep {
+        node: usize,
+        inc: u64,
+    },
     ChunkRead {
         node: usize,
         inc: u64,
@@ -123,6 +128,7 @@ impl Event {
             Event::Tick { node, .. }
             | Event::DiskDone { node, .. }
             | Event::SnapshotBuilt { node, .. }
+            | Event::StateMachineStep { node, .. }
             | Event::ChunkRead { node, .. }
             | Event::ClientArrive { node, .. } => Some(*node),
             Event::Deliver { to, .. } => Some(*to),
@@ -208,6 +214,9 @@ pub fn run_seed(opts: &SimOptions) -> SeedReport {
     let mut profile = Profile::draw(&mut rng, opts.nodes, opts.lease);
     if let Some(ops) = opts.ops {
         profile.ops = ops;
+    }
+    if opts.in_order {
+        profile.apply_us = None;
     }
     // Starting the nodes runs their first actions through the checkers, which may panic.
     let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -529,6 +538,7 @@ impl World {
             }
             Event::Restart { node } => self.restart(node),
             Event::SnapshotBuilt { node, inc } => self.snapshot_built(node, inc),
+            Event::StateMachineStep { node, inc } => self.state_machine_step(node, inc),
             Event::ChunkRead {
                 node,
                 inc,

@@ -28,6 +28,10 @@ pub struct SimOptions {
     /// seed needs, and a seed that exceeds it is replayed with `--max-events` to
     /// make the failure exact.
     pub max_wall: Option<Duration>,
+    /// Carry out the state machine's jobs at once, in the driver's order, instead of
+    /// later and interleaved as `Node`'s apply task does (the model before the
+    /// simulator ran that concurrency; for comparing what each finds).
+    pub in_order: bool,
 }
 
 /// Search steps per key the linearizability check may take by default.
@@ -80,6 +84,9 @@ impl SimOptions {
         }
         if let Some(e) = self.max_events {
             let _ = write!(cmd, " --max-events {e}");
+        }
+        if self.in_order {
+            cmd.push_str(" --in-order");
         }
         if let Some(w) = self.max_wall {
             let _ = write!(cmd, " --max-wall-ms {}", w.as_millis());
