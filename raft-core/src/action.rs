@@ -19,6 +19,10 @@ use std::collections::VecDeque;
 ///   §10.2.1); the leader counts itself toward a quorum only after
 ///   [`Raft::persisted`](crate::Raft::persisted) acknowledges the write;
 /// - [`Action::Apply`] carries only committed entries, in log order, each exactly once.
+///   The state machine takes its jobs (applies, snapshot captures, received chunks,
+///   installs) in the order given, but later actions need not wait for an apply: the
+///   core learns of it through [`Raft::applied`](crate::Raft::applied), and answers a
+///   read ([`Action::ReadReady`]) only after the state machine applied its index.
 /// - [`Action::InstallSnapshot`] replaces the state machine and the stored log prefix;
 ///   it must be durable before later actions (the answer to the leader follows it).
 /// - [`Action::BuildSnapshot`] and [`Action::ReadSnapshotChunk`] may finish in the

@@ -31,7 +31,11 @@
 //! answer). So the node waits for [`LogStore::write`](crate::node::LogStore::write)
 //! to return before it sends those answers; a store that returns before its data is
 //! durable breaks Raft's safety, not just its own. If you drive `Raft` yourself
-//! instead of using `Node`, that contract is yours to keep.
+//! instead of using `Node`, that contract is yours to keep:
+//! [`Action::schedule`](crate::Action::schedule) says how each action may be carried
+//! out, and
+//! [`ContractCheck`](crate::ContractCheck) checks a driver against it (run it in your
+//! tests, as `Node` does in debug builds and the simulator on every node).
 //!
 //! At start-up, [`Node::start`](crate::node::Node::start) calls
 //! [`LogStore::load`](crate::node::LogStore::load) and
