@@ -270,6 +270,8 @@ pub struct SimNode {
     pub job_scheduled: bool,
     /// The driver waits for an install the state machine has not carried out yet.
     pub installing: bool,
+    /// A log purge in flight (a storage step the driver waits for): what it removes.
+    pub purging: Option<(LogId, SnapshotMeta)>,
     /// The ordering contract, checked on every action this incarnation carries out.
     pub contract: ContractCheck,
 }
@@ -303,6 +305,7 @@ impl SimNode {
             jobs: VecDeque::new(),
             job_scheduled: false,
             installing: false,
+            purging: None,
             contract: ContractCheck::new(LogIndex::ZERO),
         }
     }
@@ -326,6 +329,7 @@ impl SimNode {
         self.jobs.clear();
         self.job_scheduled = false;
         self.installing = false;
+        self.purging = None;
         self.incarnation += 1;
     }
 }

@@ -178,6 +178,12 @@ impl World {
         self.log(|| {
             format!("crash node {node} (torn write: {torn}; write in flight: {in_flight:?})")
         });
+        if self.nodes[node].purging.is_some() && self.rng.chance(0.5) {
+            // The purge in flight landed before the crash.
+            if let Some((up_to, base)) = self.nodes[node].purging.take() {
+                self.nodes[node].disk.purge(up_to, &base);
+            }
+        }
         let mut rng = self.rng.fork();
         self.nodes[node].crash(torn.then_some(&mut rng));
         self.checkers.leader_append_only.forget(id);
@@ -213,7 +219,10 @@ impl World {
                 // ahead of actions waiting behind a write, unless a new term or vote
                 // is being written (see `Action`'s ordering contract).
                 let in_flight = node.disk.in_flight.as_ref();
-                let blocked = in_flight.is_some() || node.installing || !node.queue.is_empty();
+                let blocked = in_flight.is_some()
+                    || node.installing
+                    || node.purging.is_some()
+                    || !node.queue.is_empty();
                 let writing_hard_state = in_flight.is_some_and(|p| p.hard_state.is_some());
                 if blocked
                     && action.may_go_ahead(writing_hard_state, &node.queue)
@@ -233,7 +242,7 @@ impl World {
                 self.send(i, to, message);
             }
             let node = &mut self.nodes[i];
-            if node.disk.in_flight.is_some() || node.installing {
+            if node.disk.in_flight.is_some() || node.installing || node.purging.is_some() {
                 return Ok(());
             }
             let Some(action) = node.queue.pop_front() else {
@@ -281,9 +290,15 @@ impl World {
                     }
                 }
                 Action::PurgeLog { up_to, base } => {
-                    // Done at once: the write lands before anything else happens.
-                    self.nodes[i].disk.purge(up_to, &base);
-                    self.nodes[i].contract.finished(None);
+                    // A storage step like a write: later actions wait for it, and a
+                    // crash meanwhile may or may not see it land.
+                    let latency = self
+                        .rng
+                        .range(self.profile.disk_us.0, self.profile.disk_us.1);
+                    let node = &mut self.nodes[i];
+                    node.purging = Some((up_to, base));
+                    let inc = node.incarnation;
+                    self.schedule(latency, Event::DiskDone { node: i, inc });
                 }
                 Action::ReadSnapshotChunk {
                     to,
@@ -560,6 +575,12 @@ impl World {
         let n = &mut self.nodes[node];
         if n.incarnation != inc {
             return Ok(());
+        }
+        if let Some((up_to, base)) = n.purging.take() {
+            n.disk.purge(up_to, &base);
+            n.contract.finished(None);
+            self.drive(node)?;
+            return self.check_node(node);
         }
         let Some(p) = n.disk.in_flight.take() else {
             return Ok(());
