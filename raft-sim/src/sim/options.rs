@@ -1,5 +1,6 @@
 //! What a run is asked to do, and the command that replays it.
 
+use super::Nemeses;
 use crate::profile::LeaseMode;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct SimOptions {
     /// seed needs, and a seed that exceeds it is replayed with `--max-events` to
     /// make the failure exact.
     pub max_wall: Option<Duration>,
+    /// The random nemesis with the targeted ones (the default), with only their
+    /// checks, or alone.
+    pub nemeses: Nemeses,
 }
 
 /// Search steps per key the linearizability check may take by default.
@@ -80,6 +84,11 @@ impl SimOptions {
         }
         if let Some(e) = self.max_events {
             let _ = write!(cmd, " --max-events {e}");
+        }
+        match self.nemeses {
+            Nemeses::All => {}
+            Nemeses::Checks => cmd.push_str(" --nemeses checks"),
+            Nemeses::Base => cmd.push_str(" --nemeses base"),
         }
         if let Some(w) = self.max_wall {
             let _ = write!(cmd, " --max-wall-ms {}", w.as_millis());
