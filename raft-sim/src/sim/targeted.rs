@@ -378,6 +378,22 @@ impl World {
 
     /// The Figure 8 sequence's message filter.
     fn figure8_send(&mut self, from: usize, to: usize, msg: &mut Message) -> bool {
+        // A new leader's very first appends are the first leader's: its blank entry
+        // must reach only the minority.
+        let armed_after = match self.targeted.as_ref().map(|t| &t.fig8) {
+            Some(Fig8::Armed { after, .. }) => Some(*after),
+            _ => None,
+        };
+        if let (Some(after), Message::AppendEntries(a)) = (armed_after, &*msg)
+            && a.term > after
+            && self.nodes[from]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader && r.term() == a.term)
+        {
+            let term = a.term;
+            self.figure8_first(from, term);
+        }
         let Some(t) = &self.targeted else {
             return false;
         };
@@ -555,6 +571,38 @@ impl World {
         Some((l, term))
     }
 
+    /// `l1`, leading `t1`, becomes the first leader of the Figure 8 sequence.
+    fn figure8_first(&mut self, l1: usize, t1: Term) {
+        let Some(raft) = &self.nodes[l1].raft else {
+            return;
+        };
+        let config = raft.membership();
+        if config.voters.len() < 3 || !config.is_voter(raft.id()) {
+            return;
+        }
+        let quorum = config.quorum();
+        let mut others: Vec<usize> = config
+            .voters
+            .iter()
+            .filter_map(|&v| self.index_of(v))
+            .filter(|&i| i != l1)
+            .collect();
+        let mut minority = Vec::new();
+        for _ in 0..quorum.saturating_sub(2) {
+            let k = self.rng.range(0, others.len() as u64) as usize;
+            minority.push(others.swap_remove(k));
+        }
+        let heartbeat = self.profile.tick_us * u64::from(self.profile.heartbeat_ticks);
+        let crash_at = self.now + self.rng.range(heartbeat, 4 * heartbeat + 1);
+        self.count("targeted: figure 8 first leader");
+        self.set_fig8(Fig8::First {
+            l1,
+            t1,
+            minority,
+            crash_at,
+        });
+    }
+
     fn figure8_step(&mut self) -> Check {
         let Some(t) = &self.targeted else {
             return Ok(());
@@ -569,33 +617,7 @@ impl World {
                 } else if let Some((l1, t1)) = self.newest_leader()
                     && t1 > after
                 {
-                    let Some(raft) = &self.nodes[l1].raft else {
-                        return Ok(());
-                    };
-                    let config = raft.membership();
-                    if config.voters.len() < 3 || !config.is_voter(raft.id()) {
-                        return Ok(());
-                    }
-                    let quorum = config.quorum();
-                    let mut others: Vec<usize> = config
-                        .voters
-                        .iter()
-                        .filter_map(|&v| self.index_of(v))
-                        .filter(|&i| i != l1)
-                        .collect();
-                    let mut minority = Vec::new();
-                    for _ in 0..quorum.saturating_sub(2) {
-                        let k = self.rng.range(0, others.len() as u64) as usize;
-                        minority.push(others.swap_remove(k));
-                    }
-                    let crash_at = self.now + self.rng.range(heartbeat, 4 * heartbeat + 1);
-                    self.count("targeted: figure 8 first leader");
-                    self.set_fig8(Fig8::First {
-                        l1,
-                        t1,
-                        minority,
-                        crash_at,
-                    });
+                    self.figure8_first(l1, t1);
                 }
             }
             Fig8::First {
@@ -614,7 +636,7 @@ impl World {
                     });
                 }
             }
-            Fig8::Second { l1, t1, until } => {
+            Fig8::Second { l1, t1, until, .. } => {
                 if self.now > until {
                     self.schedule(0, Event::Restart { node: l1 });
                     self.set_fig8(Fig8::Idle);
