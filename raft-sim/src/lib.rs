@@ -28,6 +28,6 @@ mod sim;
 pub use profile::LeaseMode;
 pub use runner::{default_jobs, run_seeds};
 pub use sim::{
-    DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, SeedReport, SimOptions, Stats,
-    run_seed,
+    DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, Nemeses, SeedReport, SimOptions,
+    Stats, run_seed,
 };

@@ -11,8 +11,8 @@
 
 use clap::Parser;
 use raft_sim::{
-    DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, LeaseMode, SeedReport, SimOptions,
-    default_jobs, run_seeds,
+    DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, LeaseMode, Nemeses, SeedReport,
+    SimOptions, default_jobs, run_seeds,
 };
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -88,6 +88,13 @@ struct Cli {
     /// driver's apply task does.
     #[arg(long)]
     in_order: bool,
+
+    /// Which nemeses run: `all` (the random faults and the targeted ones, with their
+    /// checks: vote crash, stale votes, deaf node, Figure 8), `checks` (the random
+    /// faults with the targeted ones' checks only), or `base` (the random faults alone,
+    /// exactly as before the targeted ones existed).
+    #[arg(long, value_name = "SET", default_value = "all", value_parser = ["all", "checks", "base"])]
+    nemeses: String,
 }
 
 impl Cli {
@@ -112,6 +119,11 @@ impl Cli {
             max_events: (self.max_events != DEFAULT_MAX_EVENTS).then_some(self.max_events),
             max_wall: (max_wall != DEFAULT_MAX_WALL).then_some(max_wall),
             in_order: self.in_order,
+            nemeses: match self.nemeses.as_str() {
+                "base" => Nemeses::Base,
+                "checks" => Nemeses::Checks,
+                _ => Nemeses::All,
+            },
         }
     }
 }

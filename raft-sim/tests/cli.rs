@@ -32,6 +32,7 @@ fn help_exits_zero_and_documents_every_flag() {
         "--lease-beyond-bound",
         "--max-events",
         "--max-wall-ms",
+        "--nemeses",
     ] {
         let documented = help
             .split(|c: char| c.is_whitespace() || c == ',')

@@ -1,7 +1,7 @@
 //! The simulator in CI: a fixed sample of seeds covering every fault kind, the seeds
 //! that once found bugs, determinism (also across threads), and the per-seed budget.
 
-use raft_sim::{LeaseMode, SimOptions, run_seed, run_seeds};
+use raft_sim::{LeaseMode, Nemeses, SimOptions, run_seed, run_seeds};
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -50,6 +50,13 @@ fn a_sample_of_seeds_passes_and_covers_every_fault() {
         "remove the leader",
         "snapshot lost (struck)",
         "restart with state lost",
+        "targeted: vote crash armed",
+        "targeted: crash",
+        "targeted: stale votes",
+        "targeted: clock jump",
+        "targeted: deaf node",
+        "targeted: figure 8 second leader",
+        "targeted: figure 8 old entry on a quorum",
     ] {
         assert!(
             faults.get(kind).copied().unwrap_or(0) > 0,
@@ -57,6 +64,25 @@ fn a_sample_of_seeds_passes_and_covers_every_fault() {
         );
     }
     assert!(lossy > 0, "no seed with both loss and duplication");
+}
+
+#[test]
+fn the_base_nemeses_inject_no_targeted_fault() {
+    for seed in 0..20 {
+        let r = run_seed(&SimOptions {
+            seed,
+            nemeses: Nemeses::Base,
+            ..SimOptions::default()
+        });
+        assert!(r.failure.is_none(), "seed {seed}: {:?}", r.failure);
+        let targeted: Vec<_> = r
+            .stats
+            .faults_by_kind
+            .keys()
+            .filter(|k| k.starts_with("targeted"))
+            .collect();
+        assert!(targeted.is_empty(), "seed {seed}: {targeted:?}");
+    }
 }
 
 #[test]

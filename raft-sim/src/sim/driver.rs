@@ -186,6 +186,7 @@ impl World {
         }
         let mut rng = self.rng.fork();
         self.nodes[node].crash(torn.then_some(&mut rng));
+        self.check_votes_durable(node)?;
         self.checkers.leader_append_only.forget(id);
         self.checkers.leader_completeness.forget(id);
         self.check_acked_durable()
@@ -548,8 +549,11 @@ impl World {
         Ok(())
     }
 
-    pub(super) fn send(&mut self, from: usize, to: NodeId, msg: Message) {
+    pub(super) fn send(&mut self, from: usize, to: NodeId, mut msg: Message) {
         let Some(to) = self.index_of(to) else { return };
+        if self.targeted_send(from, to, &mut msg) {
+            return;
+        }
         let [first, second] = self.net.deliveries(from, to);
         if let Some(d) = second {
             self.schedule(

@@ -13,6 +13,7 @@ impl World {
     pub(super) fn heal(&mut self) -> Check {
         self.log(|| "heal: faults stop".to_string());
         self.net.heal_all();
+        self.targeted_heal();
         self.net.loss = 0.0;
         self.net.duplicate = 0.0;
         for i in 0..self.nodes.len() {

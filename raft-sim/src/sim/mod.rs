@@ -11,6 +11,8 @@
 //! - `clients`: the clients that invoke, retry and record operations;
 //! - `nemesis`: the faults (partitions, crashes, pauses, clock skew, membership
 //!   changes, snapshot damage) and their undoing;
+//! - `targeted`: the targeted nemeses (issue 19: faults aimed at bug classes the
+//!   random ones find rarely) and the checks that go with them;
 //! - `liveness`: healing, and what the cluster must reach afterwards;
 //! - `final_check`: the end-of-run checks (acknowledged writes, linearizability).
 
@@ -21,9 +23,11 @@ mod liveness;
 mod nemesis;
 mod options;
 mod report;
+mod targeted;
 
 pub use options::{DEFAULT_LIN_BUDGET, DEFAULT_MAX_EVENTS, DEFAULT_MAX_WALL, SimOptions};
 pub use report::{SeedReport, Stats};
+pub use targeted::Nemeses;
 
 use crate::checkers::{Check, Checkers, Violation, violation};
 use crate::client::{Client, Reply};
@@ -113,6 +117,7 @@ enum Event {
         last: bool,
     },
     Heal,
+    Targeted(targeted::TargetedEvent),
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +210,8 @@ struct World {
     max_events: u64,
     max_wall: Duration,
     started: Instant,
+    /// The targeted nemeses' state and checks; `None` with `Nemeses::Base`.
+    targeted: Option<Box<targeted::Targeted>>,
 }
 
 /// Runs one seed and reports what happened.
@@ -220,7 +227,7 @@ pub fn run_seed(opts: &SimOptions) -> SeedReport {
     }
     // Starting the nodes runs their first actions through the checkers, which may panic.
     let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        World::new(profile.clone(), rng, opts.verbose)
+        World::new(profile.clone(), rng, opts.verbose, opts.nemeses)
     }));
     let mut world = match setup {
         Ok(world) => world,
@@ -289,7 +296,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl World {
-    fn new(profile: Profile, mut rng: SimRng, verbose: bool) -> World {
+    fn new(profile: Profile, mut rng: SimRng, verbose: bool, nemeses: targeted::Nemeses) -> World {
         let n = profile.nodes as usize;
         let ids: Vec<NodeId> = (1..=profile.nodes).map(NodeId).collect();
         let founders = profile.voters as usize;
@@ -348,6 +355,12 @@ impl World {
             max_events: DEFAULT_MAX_EVENTS,
             max_wall: DEFAULT_MAX_WALL,
             started: Instant::now(),
+            targeted: (nemeses != targeted::Nemeses::Base).then(|| {
+                Box::new(targeted::Targeted::new(
+                    n,
+                    nemeses == targeted::Nemeses::All,
+                ))
+            }),
         };
         for i in 0..n {
             world
@@ -401,6 +414,7 @@ impl World {
                 self.log(|| e);
             }
             self.dispatch(event)?;
+            self.targeted_after_event()?;
             if let Phase::Liveness { since, deadline } = self.phase {
                 if self.stats.leader_after_heal_us.is_none() {
                     if self.stable_leader().is_some() {
@@ -499,10 +513,12 @@ impl World {
             }
             Event::Deliver { from, to, msg } => {
                 let from_id = self.nodes[from].id;
+                let pre_vote = self.pre_vote_before(to, &msg);
                 let Some(raft) = &mut self.nodes[to].raft else {
                     return Ok(());
                 };
                 raft.step(from_id, msg);
+                self.pre_vote_after(from, to, pre_vote)?;
                 self.drive(to)?;
                 self.check_node(to)
             }
@@ -573,6 +589,7 @@ impl World {
                 Ok(())
             }
             Event::Heal => self.heal(),
+            Event::Targeted(e) => self.targeted_event(e),
         }
     }
 

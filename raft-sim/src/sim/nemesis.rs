@@ -16,6 +16,25 @@ impl World {
             return Ok(());
         }
         self.stats.faults += 1;
+        if !self.targeted_fault()? {
+            self.random_fault()?;
+        }
+        let (mean, jitter) = (
+            self.profile.fault_interval_us,
+            self.rng.range(0, self.profile.fault_interval_us),
+        );
+        if self.stats.faults < self.profile.fault_events {
+            self.schedule(mean / 2 + jitter, Event::Nemesis);
+        } else {
+            // Let the last fault run its course, then heal.
+            let hi = self.profile.fault_duration_us.1;
+            self.schedule(hi, Event::Heal);
+        }
+        Ok(())
+    }
+
+    /// One fault of the kinds the seed's profile enabled.
+    fn random_fault(&mut self) -> Check {
         let kind = self.rng.pick(&self.profile.faults.clone());
         *self.stats.faults_by_kind.entry(kind.name()).or_default() += 1;
         let n = self.nodes.len();
@@ -163,16 +182,6 @@ impl World {
                     self.cut_groups(vec![node], others, duration, true);
                 }
             }
-        }
-        let (mean, jitter) = (
-            self.profile.fault_interval_us,
-            self.rng.range(0, self.profile.fault_interval_us),
-        );
-        if self.stats.faults < self.profile.fault_events {
-            self.schedule(mean / 2 + jitter, Event::Nemesis);
-        } else {
-            // Let the last fault run its course, then heal.
-            self.schedule(hi, Event::Heal);
         }
         Ok(())
     }

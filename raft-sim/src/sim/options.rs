@@ -1,5 +1,6 @@
 //! What a run is asked to do, and the command that replays it.
 
+use super::Nemeses;
 use crate::profile::LeaseMode;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub struct SimOptions {
     /// later and interleaved as `Node`'s apply task does (the model before the
     /// simulator ran that concurrency; for comparing what each finds).
     pub in_order: bool,
+    /// The random nemesis with the targeted ones (the default), with only their
+    /// checks, or alone.
+    pub nemeses: Nemeses,
 }
 
 /// Search steps per key the linearizability check may take by default.
@@ -87,6 +91,11 @@ impl SimOptions {
         }
         if self.in_order {
             cmd.push_str(" --in-order");
+        }
+        match self.nemeses {
+            Nemeses::All => {}
+            Nemeses::Checks => cmd.push_str(" --nemeses checks"),
+            Nemeses::Base => cmd.push_str(" --nemeses base"),
         }
         if let Some(w) = self.max_wall {
             let _ = write!(cmd, " --max-wall-ms {}", w.as_millis());
