@@ -12,7 +12,9 @@
 #   MODES          nemesis sets, passed as --nemeses MODE (default: "base checks
 #                  all": the random nemesis alone, with the targeted nemeses' checks,
 #                  with the targeted nemeses and their checks); the mode "default"
-#                  passes no --nemeses flag
+#                  passes no flag, and "in-order" passes --in-order (the state
+#                  machine's jobs done at once, in order: the model before the
+#                  simulator ran the Node driver's concurrency)
 #   JOBS           simulator threads (default 1)
 #   CARGO_TARGET_DIR  where the planted builds go: $CARGO_TARGET_DIR/planted
 #                  (default: a directory under the system temp directory)
@@ -60,8 +62,11 @@ for row in "${rows[@]}"; do
     (cd "$copy" && CARGO_TARGET_DIR="$target" cargo build -q --release -p raft-sim)
     for mode in $MODES; do
         wait_quiet
-        flag=()
-        [[ $mode == default ]] || flag=(--nemeses "$mode")
+        case $mode in
+            default) flag=() ;;
+            in-order) flag=(--in-order) ;;
+            *) flag=(--nemeses "$mode") ;;
+        esac
         log="$work/$row.$mode.log"
         "$target/release/raft-sim" --seeds "$N" --start "$START" --jobs "$JOBS" "${flag[@]}" >"$log" 2>&1 || true
         count=$(sed -n 's/^[0-9]* passed, \([0-9]*\) failed.*/\1/p' "$log" | tail -1)
