@@ -442,19 +442,36 @@ async fn a_failing_disk_stops_the_node_with_a_clear_error(rt: Arc<dyn Runtime>) 
 /// machine, as after a damaged snapshot file): `Node::start` does not refuse, the node
 /// reports its state lost, applies and serves nothing, and gets the state back from
 /// the leader's snapshot.
-/// A state machine whose applies fail once `failing` is set.
-struct FailingApply {
+/// A state machine whose applies fail once `failing` is set, and wait while `open` is
+/// false (its apply task then lags behind the driver, as a slow state machine's does).
+struct ControlledApply {
     inner: MemStateMachine,
     failing: Arc<AtomicBool>,
+    open: Arc<AtomicBool>,
+    rt: Arc<dyn Runtime>,
+}
+
+impl ControlledApply {
+    fn new(inner: MemStateMachine, rt: Arc<dyn Runtime>) -> ControlledApply {
+        ControlledApply {
+            inner,
+            failing: Arc::new(AtomicBool::new(false)),
+            open: Arc::new(AtomicBool::new(true)),
+            rt,
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl StateMachine for FailingApply {
+impl StateMachine for ControlledApply {
     async fn state(&self) -> Result<MachineState, StorageError> {
         self.inner.state().await
     }
 
     async fn apply(&self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
+        while !self.open.load(Ordering::SeqCst) {
+            self.rt.sleep(Duration::from_millis(2)).await;
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(StorageError::new(
                 "apply to the state machine",
@@ -494,15 +511,13 @@ impl StateMachine for FailingApply {
 /// A failed apply stops the node, and its state says the apply failed (not the log).
 async fn a_failing_state_machine_stops_the_node_with_what_it_was_doing(rt: Arc<dyn Runtime>) {
     let id = NodeId(1);
-    let failing = Arc::new(AtomicBool::new(false));
+    let machine = ControlledApply::new(MemStateMachine::new(1), rt.clone());
+    let failing = machine.failing.clone();
     let router = Router::new();
     let (transport, incoming) = router.register(id);
     let env = Environment {
         log: Arc::new(MemLogStore::new()),
-        state_machine: Arc::new(FailingApply {
-            inner: MemStateMachine::new(1),
-            failing: failing.clone(),
-        }),
+        state_machine: Arc::new(machine),
         transport,
         incoming,
         runtime: rt.clone(),
@@ -726,53 +741,6 @@ async fn a_leader_whose_disk_stalls_keeps_heartbeating_and_its_followers() {
     }
 }
 
-/// A state machine whose applies wait while `open` is false: the apply task lags
-/// behind the driver, as a slow state machine makes it.
-struct HeldApply {
-    inner: MemStateMachine,
-    open: Arc<AtomicBool>,
-}
-
-#[async_trait::async_trait]
-impl StateMachine for HeldApply {
-    async fn state(&self) -> Result<MachineState, StorageError> {
-        self.inner.state().await
-    }
-
-    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
-        while !self.open.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        self.inner.apply(entries).await
-    }
-
-    fn begin_snapshot(&self, meta: SnapshotMeta) -> SnapshotTask {
-        self.inner.begin_snapshot(meta)
-    }
-
-    async fn read_snapshot(
-        &self,
-        id: u64,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<(Bytes, bool)>, StorageError> {
-        self.inner.read_snapshot(id, offset, len).await
-    }
-
-    async fn receive_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-        offset: u64,
-        data: Bytes,
-    ) -> Result<(), StorageError> {
-        self.inner.receive_snapshot(meta, offset, data).await
-    }
-
-    async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        self.inner.install_snapshot(meta).await
-    }
-}
-
 /// Dissertation §6.4 step 4 on the shipped driver, whose apply task runs behind it: a
 /// read waits for the state machine to apply the read index, not for the commit. A
 /// write is committed but its apply held; a read issued then returns only once the
@@ -781,18 +749,16 @@ impl StateMachine for HeldApply {
 async fn dissertation_6_4_a_read_waits_for_the_apply_task_not_the_commit() {
     let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime::current().unwrap());
     let router = Router::new();
-    let open = Arc::new(AtomicBool::new(true));
     let id = NodeId(1);
     let (transport, incoming) = router.register(id);
     let machine = MemStateMachine::new(1);
+    let controlled = ControlledApply::new(machine.clone(), rt.clone());
+    let open = controlled.open.clone();
     let mut options = NodeOptions::new(Membership::voters([id]));
     options.tick = Duration::from_millis(5);
     let env = Environment {
         log: Arc::new(MemLogStore::new()),
-        state_machine: Arc::new(HeldApply {
-            inner: machine.clone(),
-            open: open.clone(),
-        }),
+        state_machine: Arc::new(controlled),
         transport,
         incoming,
         runtime: rt.clone(),
