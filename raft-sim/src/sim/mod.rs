@@ -297,6 +297,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 impl World {
     fn new(profile: Profile, mut rng: SimRng, verbose: bool, nemeses: targeted::Nemeses) -> World {
+        let beyond_bound = profile.lease.as_ref().is_some_and(|l| l.beyond_bound);
         let n = profile.nodes as usize;
         let ids: Vec<NodeId> = (1..=profile.nodes).map(NodeId).collect();
         let founders = profile.voters as usize;
@@ -355,10 +356,12 @@ impl World {
             max_events: DEFAULT_MAX_EVENTS,
             max_wall: DEFAULT_MAX_WALL,
             started: Instant::now(),
+            // Beyond the lease bound the fault kinds are the three that make a lease
+            // outlive its leadership; targeted faults would only dilute them.
             targeted: (nemeses != targeted::Nemeses::Base).then(|| {
                 Box::new(targeted::Targeted::new(
                     n,
-                    nemeses == targeted::Nemeses::All,
+                    nemeses == targeted::Nemeses::All && !beyond_bound,
                 ))
             }),
         };
