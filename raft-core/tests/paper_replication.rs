@@ -252,7 +252,10 @@ fn paper_5_4_2_figure_8_an_old_term_entry_is_not_committed_by_counting_replicas(
     }
     // S5 (last entry from term 3) would refuse S1; S1 wins with S2, S3 (and S4's
     // pre-vote), delivered by hand so no follower answers an append.
+    let mut ticks = 0;
     while c.role(n(1)) != Role::Candidate {
+        ticks += 1;
+        assert!(ticks < 100, "node 1 never became a candidate");
         c.raft_mut(n(1)).tick();
         drain(c.raft_mut(n(1)));
         if c.role(n(1)) == Role::PreCandidate {
