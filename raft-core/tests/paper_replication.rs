@@ -458,6 +458,55 @@ fn replication_pipeline_stops_at_the_in_flight_limit() {
 }
 
 #[test]
+fn replication_a_follower_at_its_in_flight_limit_gets_nothing_but_empty_heartbeats() {
+    // Flow control: the answers of nodes 2, 4 and 5 are lost, so their windows stay
+    // full after two appends, and nothing commits. Node 3 keeps answering, which makes
+    // the leader flush again; node 2 must get nothing from those flushes, and the
+    // heartbeat it then gets carries no entries (only the commit index and the round).
+    let tune = |c: &mut Config| {
+        c.max_inflight_appends = 2;
+        c.max_entries_per_append = 1;
+    };
+    let mut c = Cluster::new_with(5, tune);
+    c.elect(n(1));
+    c.ticks(1);
+    for id in [2, 4, 5] {
+        c.blocked.insert((n(id), n(1)));
+    }
+    let appends_to_2 = |c: &Cluster| -> Vec<usize> {
+        c.delivered
+            .iter()
+            .filter_map(|(from, to, m)| match m {
+                Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) => Some(a.entries.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = appends_to_2(&c).len();
+    for i in 0..5 {
+        c.raft_mut(n(1))
+            .propose(Bytes::from(format!("c{i}").as_str()))
+            .expect("leader");
+        c.settle();
+    }
+    assert_eq!(
+        c.raft(n(3)).log().last_index(),
+        c.raft(n(1)).log().last_index()
+    );
+    assert_eq!(
+        appends_to_2(&c)[before..],
+        [1, 1],
+        "the window, then nothing"
+    );
+    c.tick(n(1));
+    assert_eq!(
+        appends_to_2(&c)[before..],
+        [1, 1, 0],
+        "the heartbeat carries no entries"
+    );
+}
+
+#[test]
 fn replication_lost_append_is_detected_and_resent() {
     // Raft "retries AppendEntries RPCs indefinitely": a dropped append in the pipelined
     // state is noticed at the next heartbeat (the follower rejects) and resent.
