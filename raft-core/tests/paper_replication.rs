@@ -173,6 +173,32 @@ fn paper_5_3_conflicting_suffix_is_deleted_and_replaced() {
 }
 
 #[test]
+fn paper_5_3_a_malformed_append_is_dropped_unanswered() {
+    // Figure 2's receiver assumes entries that follow prevLogIndex one by one, with
+    // terms that never go down and never exceed the leader's term: an append that
+    // breaks any one of these comes from no honest leader, and is neither stored nor
+    // answered.
+    for (what, m) in [
+        ("a gap after prev", append(1, (0, 0), &[(1, 2)], 0)),
+        ("terms going down", append(2, (0, 0), &[(2, 1), (1, 2)], 0)),
+        ("a term above the leader's", append(1, (0, 0), &[(2, 1)], 0)),
+    ] {
+        let mut c = Cluster::new(3);
+        c.raft_mut(n(2)).step(n(1), m);
+        let answers = sends(&drain(c.raft_mut(n(2))))
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::AppendResponse(_)))
+            .count();
+        assert_eq!(answers, 0, "{what}: answered");
+        assert_eq!(
+            c.raft(n(2)).log().last_index(),
+            LogIndex(0),
+            "{what}: stored"
+        );
+    }
+}
+
+#[test]
 fn paper_5_3_a_stale_append_never_truncates_matching_entries() {
     // Only a *conflicting* entry is deleted: a delayed AppendEntries whose entries the
     // follower already holds must not cut off what follows them.
