@@ -182,6 +182,7 @@ fn paper_5_3_a_malformed_append_is_dropped_unanswered() {
         ("a gap after prev", append(1, (0, 0), &[(1, 2)], 0)),
         ("terms going down", append(2, (0, 0), &[(2, 1), (1, 2)], 0)),
         ("a term above the leader's", append(1, (0, 0), &[(2, 1)], 0)),
+        ("no index left after it", append(1, (1, u64::MAX), &[], 0)),
     ] {
         let mut c = Cluster::new(3);
         c.raft_mut(n(2)).step(n(1), m);
