@@ -534,6 +534,29 @@ fn replication_a_follower_at_its_in_flight_limit_gets_nothing_but_empty_heartbea
 }
 
 #[test]
+fn replication_acknowledged_bytes_reopen_the_byte_window() {
+    // The in-flight limit in bytes counts only appends not yet acknowledged: each
+    // acknowledgement gives its bytes back, so a steady trickle of small commands
+    // keeps flowing however many bytes it adds up to.
+    let mut c = Cluster::new_with(3, |c| {
+        c.max_inflight_bytes = 10;
+        c.max_entries_per_append = 1;
+    });
+    c.elect(n(1));
+    c.ticks(1);
+    for i in 0..10 {
+        c.propose(n(1), &format!("c{i:03}"));
+        for id in [n(2), n(3)] {
+            assert_eq!(
+                c.raft(id).log().last_index(),
+                c.raft(n(1)).log().last_index(),
+                "command {i} reached node {id} without waiting for a heartbeat"
+            );
+        }
+    }
+}
+
+#[test]
 fn replication_lost_append_is_detected_and_resent() {
     // Raft "retries AppendEntries RPCs indefinitely": a dropped append in the pipelined
     // state is noticed at the next heartbeat (the follower rejects) and resent.
