@@ -557,6 +557,46 @@ fn replication_acknowledged_bytes_reopen_the_byte_window() {
 }
 
 #[test]
+fn replication_stale_rejections_change_nothing() {
+    // Answers arrive late and twice: a rejection of an append the leader has since
+    // moved past must not reset the follower's progress.
+    use raft_core::ProgressState::{Probe, Replicate};
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(2));
+    for i in 0..4 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let term = c.term(n(1));
+    let last = c.raft(n(1)).log().last_index().0;
+    let matched = c.raft(n(1)).progress(n(2)).expect("progress").match_index.0;
+    assert!(matched + 4 <= last);
+    let reject = |rejected: u64, follower_last: u64| {
+        Message::AppendResponse(AppendResponse {
+            term,
+            round: 0,
+            result: AppendResult::Conflict {
+                rejected: LogIndex(rejected),
+                hint: ConflictHint::LastIndex(LogIndex(follower_last)),
+            },
+        })
+    };
+    let progress = |c: &Cluster| {
+        let p = c.raft(n(1)).progress(n(2)).expect("progress");
+        (p.state, p.next_index.0)
+    };
+    // Replicating: a rejection at or below what node 2 is known to hold is stale.
+    c.step(n(2), n(1), reject(matched, matched));
+    assert_eq!(progress(&c), (Replicate, last + 1));
+    // A fresh rejection starts probing after node 2's last entry.
+    c.step(n(2), n(1), reject(last, matched));
+    assert_eq!(progress(&c), (Probe, matched + 1));
+    // Probing: a rejection of anything but the current probe is stale.
+    c.step(n(2), n(1), reject(last - 1, last - 2));
+    assert_eq!(progress(&c), (Probe, matched + 1));
+}
+
+#[test]
 fn replication_lost_append_is_detected_and_resent() {
     // Raft "retries AppendEntries RPCs indefinitely": a dropped append in the pipelined
     // state is noticed at the next heartbeat (the follower rejects) and resent.
