@@ -597,6 +597,49 @@ fn replication_stale_rejections_change_nothing() {
 }
 
 #[test]
+fn replication_a_lost_probe_is_resent_with_entries_at_the_next_heartbeat() {
+    // Probing sends one append at a time and waits; when that append is lost, the
+    // next heartbeat allows another probe, carrying entries, rather than only an empty
+    // append that would cost one more round trip.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(2));
+    for i in 0..4 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let term = c.term(n(1));
+    let (last, matched) = (
+        c.raft(n(1)).log().last_index(),
+        c.raft(n(1)).progress(n(2)).expect("progress").match_index,
+    );
+    // Node 2 rejects, and the probe that follows is lost.
+    c.step(
+        n(2),
+        n(1),
+        Message::AppendResponse(AppendResponse {
+            term,
+            round: 0,
+            result: AppendResult::Conflict {
+                rejected: last,
+                hint: ConflictHint::LastIndex(matched),
+            },
+        }),
+    );
+    c.settle();
+    c.heal();
+    let before = c.delivered.len();
+    c.tick(n(1));
+    let first_to_2 = c.delivered[before..]
+        .iter()
+        .find_map(|(from, to, m)| match m {
+            Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) => Some(a.entries.len()),
+            _ => None,
+        });
+    assert!(first_to_2.is_some_and(|len| len > 0), "{first_to_2:?}");
+    assert_eq!(c.raft(n(2)).log().last_index(), last);
+}
+
+#[test]
 fn replication_lost_append_is_detected_and_resent() {
     // Raft "retries AppendEntries RPCs indefinitely": a dropped append in the pipelined
     // state is noticed at the next heartbeat (the follower rejects) and resent.
