@@ -144,6 +144,59 @@ fn paper_5_3_consistency_check_rejects_a_term_mismatch_with_a_hint() {
 }
 
 #[test]
+fn paper_5_3_the_leader_backs_off_to_its_last_entry_of_the_conflicting_term() {
+    // With the hint (term 2, first index 3), "the leader can decrement nextIndex to
+    // bypass all of the conflicting entries in that term": it holds term 2 up to index
+    // 3, so its next probe checks index 3 rather than the follower's first index of the
+    // term or the start of the log.
+    let mut c = Cluster::with_logs(&[vec![1, 1, 2, 3], vec![1, 1, 2, 2, 2], vec![]], |_| {});
+    c.elect(n(1));
+    let probes: Vec<u64> = c
+        .delivered
+        .iter()
+        .filter_map(|(from, to, m)| match m {
+            Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) => {
+                Some(a.prev_log_id.index.0)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes[..2], [4, 3], "{probes:?}");
+    assert_eq!(terms(&c, n(2)), terms(&c, n(1)));
+}
+
+#[test]
+fn paper_5_3_the_hint_gives_the_first_index_stored_for_the_term() {
+    // "the first index it stores for that term": after compaction that is the first
+    // entry held, not the snapshot's last index before it.
+    let mut c = Cluster::new_with(3, |c| {
+        c.snapshot_entries = 5;
+        c.snapshot_keep_entries = 2;
+    });
+    c.elect(n(1));
+    for i in 0..12 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let log = c.raft(n(2)).log();
+    let (first, last, term) = (log.first_index(), log.last_log_id(), log.last_log_id().term);
+    assert!(log.purged().index > LogIndex(0) && log.purged().term == term);
+    // A leader of a later term checks the last index with another term.
+    let next = term.next().0;
+    c.raft_mut(n(2))
+        .step(n(3), append(next, (next, last.index.0), &[], 0));
+    assert_eq!(
+        only_response(&mut c, n(2)),
+        AppendResult::Conflict {
+            rejected: last.index,
+            hint: ConflictHint::Term {
+                term,
+                first_index: first
+            }
+        }
+    );
+}
+
+#[test]
 fn paper_5_3_conflicting_suffix_is_deleted_and_replaced() {
     // "If an existing entry conflicts with a new one (same index but different terms),
     // delete the existing entry and all that follow it."
@@ -637,6 +690,30 @@ fn replication_a_lost_probe_is_resent_with_entries_at_the_next_heartbeat() {
         });
     assert!(first_to_2.is_some_and(|len| len > 0), "{first_to_2:?}");
     assert_eq!(c.raft(n(2)).log().last_index(), last);
+}
+
+#[test]
+fn replication_an_append_stops_before_max_append_bytes() {
+    // Appends carry up to `max_append_bytes` of payload (and at least one entry): with
+    // 16 bytes and 8-byte commands, two commands per append, not one and not all five.
+    let mut c = Cluster::new_with(3, |c| c.max_append_bytes = 16);
+    c.elect(n(1));
+    c.ticks(1);
+    for i in 0..5 {
+        c.raft_mut(n(1))
+            .propose(Bytes::from(format!("command{i}").as_str()))
+            .expect("leader");
+    }
+    c.process(n(1));
+    let sizes: Vec<usize> = c
+        .take_in_flight()
+        .into_iter()
+        .filter_map(|(_, to, m)| match m {
+            Message::AppendEntries(a) if to == n(2) => Some(a.entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes[0], 2, "{sizes:?}");
 }
 
 #[test]
