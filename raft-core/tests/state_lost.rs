@@ -256,8 +256,14 @@ fn a_snapshot_whose_file_is_gone_is_not_read_again_while_it_is_rebuilt() {
     let mut c = Cluster::new_with(3, small_snapshots);
     c.elect(n(1));
     c.isolate(n(3));
-    propose_many(&mut c, 1, 0, 12);
+    // The blank entry and 9 commands: the snapshot is at the last applied index, so
+    // the rebuild is at the same index and must replace it.
+    propose_many(&mut c, 1, 0, 9);
     let gone = c.raft(n(1)).log().snapshot().id;
+    assert_eq!(
+        c.raft(n(1)).log().snapshot().last_log_id.index,
+        c.raft(n(1)).log().applied()
+    );
     let leader = c.nodes.get_mut(&n(1)).expect("node");
     leader.disk.snapshot.id ^= 0xdead;
     leader.slow_snapshot_builds = true;
