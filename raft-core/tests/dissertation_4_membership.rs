@@ -112,6 +112,23 @@ fn dissertation_4_2_1_a_learner_is_promoted_only_once_caught_up() {
 }
 
 #[test]
+fn dissertation_4_2_1_a_learner_exactly_at_the_lag_limit_is_promoted() {
+    // "Caught up" means at most `promote_lag_entries` behind, the limit included: with
+    // a limit of 0, a learner holding every entry is promoted.
+    let mut c = Cluster::new_with(3, |cfg| cfg.promote_lag_entries = 0);
+    c.add_node(n(4), |cfg| cfg.promote_lag_entries = 0);
+    c.elect(n(1));
+    change(&mut c, ConfChange::AddLearner(n(4), record(4))).expect("added");
+    c.ticks(3);
+    assert_eq!(
+        c.raft(n(4)).log().last_index(),
+        c.raft(n(1)).log().last_index()
+    );
+    change(&mut c, ConfChange::Promote(n(4))).expect("nothing behind");
+    assert!(c.raft(n(1)).membership().is_voter(n(4)));
+}
+
+#[test]
 fn dissertation_4_1_a_configuration_takes_effect_when_appended() {
     // §4.1: "a server always uses the latest configuration in its log, regardless of
     // whether the entry is committed."
