@@ -4,7 +4,9 @@
 mod support;
 
 use raft_core::{NotLeader, ProposeError, ReadError, Role, TransferError};
-use raft_proto::{Bytes, LogId, LogIndex, Message, ReadId, Term, VoteRequest};
+use raft_proto::{
+    Bytes, LogId, LogIndex, Message, ReadId, Term, TimeoutNow, VoteRequest, VoteResponse,
+};
 use support::{Cluster, drain, n, sends};
 
 #[test]
@@ -73,6 +75,87 @@ fn dissertation_9_6_pre_vote_is_refused_to_a_stale_log() {
     assert!(matches!(&out[0].1, Message::VoteResponse(r) if r.pre_vote && !r.granted));
     assert_eq!(c.term(n(1)), Term(1), "a pre-vote changes no state");
     assert_eq!(c.raft(n(1)).status().voted_for, None);
+}
+
+#[test]
+fn dissertation_9_6_pre_vote_for_the_voters_own_term_needs_a_vote_it_could_give() {
+    // A pre-vote asks whether the voter "would be willing to grant the candidate" its
+    // vote. For a later term it promises nothing and may always be granted; for the
+    // voter's current term it may not, once the voter has voted for someone else or
+    // follows a leader in that term: the real vote would be refused.
+    let pre_vote = |term, last_log_id| {
+        Message::VoteRequest(VoteRequest {
+            term: Term(term),
+            last_log_id,
+            pre_vote: true,
+            transfer: false,
+        })
+    };
+    let answers = |c: &mut Cluster, id| -> Vec<(u64, bool)> {
+        sends(&drain(c.raft_mut(id)))
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::VoteResponse(r) if r.pre_vote => Some((to.0, r.granted)),
+                _ => None,
+            })
+            .collect()
+    };
+    // Node 3 voted for node 1 in term 1.
+    let mut c = Cluster::new(3);
+    c.raft_mut(n(3)).step(
+        n(1),
+        Message::VoteRequest(VoteRequest {
+            term: Term(1),
+            last_log_id: LogId::ZERO,
+            pre_vote: false,
+            transfer: false,
+        }),
+    );
+    drain(c.raft_mut(n(3)));
+    c.raft_mut(n(3)).step(n(2), pre_vote(1, LogId::ZERO));
+    c.raft_mut(n(3)).step(n(1), pre_vote(1, LogId::ZERO));
+    assert_eq!(
+        answers(&mut c, n(3)),
+        vec![(2, false), (1, true)],
+        "only the candidate it voted for gets a pre-vote for term 1"
+    );
+    // Node 3 follows node 1, leader of the current term; node 2's log is as long.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let term = c.term(n(3));
+    let last = c.raft(n(2)).log().last_log_id();
+    assert_eq!(last, c.raft(n(3)).log().last_log_id());
+    c.raft_mut(n(3)).step(n(2), pre_vote(term.0, last));
+    assert_eq!(answers(&mut c, n(3)), vec![(2, false)]);
+    assert_eq!(c.term(n(3)), term);
+}
+
+#[test]
+fn dissertation_9_6_a_pre_candidate_counts_only_pre_vote_answers() {
+    // The pre-vote round is tallied from pre-vote answers alone: refusals of a real
+    // vote in the same term (late answers to an earlier election) are not refusals of
+    // the pre-vote, and do not end the round.
+    let mut c = Cluster::new(3);
+    for _ in 0..100 {
+        c.raft_mut(n(1)).tick();
+        if c.role(n(1)) != Role::Follower {
+            break;
+        }
+    }
+    assert_eq!(c.role(n(1)), Role::PreCandidate);
+    let term = c.term(n(1));
+    for from in [n(2), n(3)] {
+        c.raft_mut(n(1)).step(
+            from,
+            Message::VoteResponse(VoteResponse {
+                term,
+                granted: false,
+                pre_vote: false,
+            }),
+        );
+    }
+    assert_eq!(c.role(n(1)), Role::PreCandidate);
+    assert_eq!(c.term(n(1)), term);
 }
 
 #[test]
@@ -247,10 +330,14 @@ fn dissertation_6_4_read_waits_for_the_leaders_first_commit() {
     // §6.4 step 1: "If the leader has not yet marked an entry from its current term
     // committed, it waits until it has done so."
     let mut c = Cluster::new(3);
-    while c.role(n(1)) != Role::Leader {
+    for _ in 0..100 {
+        if c.role(n(1)) == Role::Leader {
+            break;
+        }
         c.raft_mut(n(1)).tick();
         c.settle_without_appends();
     }
+    assert_eq!(c.role(n(1)), Role::Leader, "node 1 won an election");
     assert!(c.raft(n(1)).log().committed() < c.raft(n(1)).log().last_index());
     c.raft_mut(n(1)).read_index(ReadId(1)).expect("leader");
     c.process(n(1));
@@ -387,6 +474,20 @@ fn dissertation_3_10_transfer_is_abandoned_after_an_election_timeout() {
     c.ticks(10);
     assert_eq!(c.leader(), Some(n(1)));
     assert!(c.raft_mut(n(1)).propose(Bytes::from("x")).is_ok());
+}
+
+#[test]
+fn dissertation_3_10_only_the_leader_can_send_timeout_now() {
+    // §3.10: the prior *leader* sends TimeoutNow. From anyone else (a confused or
+    // stale peer) it must not make a follower skip PreVote and the leader lease and
+    // depose the live leader.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let term = c.term(n(2));
+    c.step(n(3), n(2), Message::TimeoutNow(TimeoutNow { term }));
+    assert_eq!(c.role(n(2)), Role::Follower);
+    assert_eq!(c.term(n(2)), term);
+    assert_eq!(c.leader(), Some(n(1)));
 }
 
 #[test]

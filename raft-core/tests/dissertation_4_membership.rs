@@ -112,6 +112,23 @@ fn dissertation_4_2_1_a_learner_is_promoted_only_once_caught_up() {
 }
 
 #[test]
+fn dissertation_4_2_1_a_learner_exactly_at_the_lag_limit_is_promoted() {
+    // "Caught up" means at most `promote_lag_entries` behind, the limit included: with
+    // a limit of 0, a learner holding every entry is promoted.
+    let mut c = Cluster::new_with(3, |cfg| cfg.promote_lag_entries = 0);
+    c.add_node(n(4), |cfg| cfg.promote_lag_entries = 0);
+    c.elect(n(1));
+    change(&mut c, ConfChange::AddLearner(n(4), record(4))).expect("added");
+    c.ticks(3);
+    assert_eq!(
+        c.raft(n(4)).log().last_index(),
+        c.raft(n(1)).log().last_index()
+    );
+    change(&mut c, ConfChange::Promote(n(4))).expect("nothing behind");
+    assert!(c.raft(n(1)).membership().is_voter(n(4)));
+}
+
+#[test]
 fn dissertation_4_1_a_configuration_takes_effect_when_appended() {
     // §4.1: "a server always uses the latest configuration in its log, regardless of
     // whether the entry is committed."
@@ -286,6 +303,37 @@ fn dissertation_4_2_2_a_removed_leader_steps_down_once_the_change_commits() {
         c.tick(n(1));
     }
     assert_eq!(c.role(n(1)), Role::Follower);
+}
+
+#[test]
+fn dissertation_4_2_2_an_earlier_commit_does_not_end_a_removed_leaders_term_early() {
+    // §4.2.2: the removed leader steps down once the Cnew entry is committed, not when
+    // an entry before it commits while Cnew is still pending.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    let x = c.raft_mut(n(1)).propose(Bytes::from("x")).expect("leader");
+    c.process(n(1));
+    let cnew = c
+        .raft_mut(n(1))
+        .change_membership(ConfChange::Remove(n(1)))
+        .expect("appended");
+    assert_eq!((x.index, cnew.index), (LogIndex(2), LogIndex(3)));
+    // The followers get "x" (index 2) but nothing at or after index 3 for now.
+    c.drop_if = Some(|_, _, m| {
+        matches!(m, Message::AppendEntries(a)
+            if a.prev_log_id.index >= LogIndex(3) || a.entries.iter().any(|e| e.log_id.index >= LogIndex(3)))
+    });
+    c.settle();
+    assert_eq!(c.raft(n(1)).log().committed(), x.index);
+    assert_eq!(c.role(n(1)), Role::Leader, "Cnew is not committed yet");
+    c.drop_if = None;
+    c.ticks(2);
+    assert!(c.raft(n(1)).log().committed() >= cnew.index);
+    assert_ne!(
+        c.role(n(1)),
+        Role::Leader,
+        "Cnew committed: it stepped down"
+    );
 }
 
 #[test]

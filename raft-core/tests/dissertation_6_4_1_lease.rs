@@ -184,3 +184,65 @@ fn dissertation_6_4_1_a_timeout_now_sent_voids_the_lease_for_the_rest_of_the_ter
         "served after a round"
     );
 }
+
+#[test]
+fn dissertation_6_4_1_the_lease_lasts_exactly_election_timeout_minus_drift() {
+    // "start + election timeout / clock drift bound": the lease runs from when the
+    // acknowledged round was *sent*, for election 10 - drift 3 = 7 of the leader's
+    // ticks, and not one tick more.
+    let mut c = leading();
+    // Void the old lease, then renew it with a round opened now, at tick t.
+    c.raft_mut(n(1)).time_skipped();
+    c.raft_mut(n(1)).read_index(ReadId(100)).expect("leader");
+    c.settle();
+    assert!(c.node(n(1)).reads_ready.iter().any(|r| r.0 == ReadId(100)));
+    c.isolate(n(2));
+    c.isolate(n(3));
+    let mut served = Vec::new();
+    for k in 1..=8 {
+        c.tick(n(1));
+        let id = ReadId(100 + k);
+        c.raft_mut(n(1)).read_index(id).expect("still leader");
+        c.process(n(1));
+        if c.node(n(1)).reads_ready.iter().any(|r| r.0 == id) {
+            served.push(k);
+        }
+    }
+    assert_eq!(
+        served,
+        vec![1, 2, 3, 4, 5, 6],
+        "ticks t+1..t+6 are in the lease"
+    );
+    assert_eq!(c.role(n(1)), Role::Leader);
+}
+
+#[test]
+fn dissertation_6_4_1_a_round_sent_at_the_start_of_the_term_grants_a_full_lease() {
+    // A read right after the election opens a round at the leader's tick 0; once a
+    // quorum acknowledges it, the lease runs its full 7 ticks from then, while the
+    // heartbeat rounds after it go unanswered.
+    let mut c = Cluster::new_with(3, lease);
+    for id in [2, 3] {
+        c.isolate(n(id));
+        for _ in 0..10 {
+            c.tick(n(id));
+        }
+    }
+    c.heal();
+    c.elect(n(1));
+    c.raft_mut(n(1)).read_index(ReadId(200)).expect("leader");
+    c.settle();
+    assert!(c.node(n(1)).reads_ready.iter().any(|r| r.0 == ReadId(200)));
+    c.isolate(n(2));
+    c.isolate(n(3));
+    for k in 1..=6 {
+        c.tick(n(1));
+        let id = ReadId(200 + k);
+        c.raft_mut(n(1)).read_index(id).expect("still leader");
+        c.process(n(1));
+        assert!(
+            c.node(n(1)).reads_ready.iter().any(|r| r.0 == id),
+            "tick {k} is within the lease"
+        );
+    }
+}

@@ -2,10 +2,10 @@
 
 mod support;
 
-use raft_core::{Action, Config, ProgressState};
+use raft_core::{Action, Config, ProgressState, Role};
 use raft_proto::{
-    Bytes, InstallSnapshot, LogId, LogIndex, Membership, Message, SnapshotMeta, SnapshotOutcome,
-    Term,
+    AppendResult, Bytes, InstallSnapshot, LogId, LogIndex, Membership, Message, SnapshotMeta,
+    SnapshotOutcome, Term,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use support::{Cluster, drain, n, sends};
@@ -323,6 +323,69 @@ fn paper_7_heartbeats_keep_flowing_while_a_snapshot_streams() {
         c.leader(),
         Some(n(1)),
         "no election: node 3 heard heartbeats too"
+    );
+}
+
+#[test]
+fn paper_7_a_follower_waiting_for_a_stalled_snapshot_still_hears_heartbeats() {
+    // The leader's disk has not read the next chunk for node 3, so the transfer stalls;
+    // the leader still heartbeats node 3 (an empty append at its snapshot's last index),
+    // so node 3 keeps its leader and never campaigns.
+    let mut c = Cluster::new_with(3, |c| {
+        small_snapshots(c);
+        c.snapshot_chunk_bytes = 4;
+        c.max_snapshot_chunks_in_flight = 1;
+    });
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 40);
+    c.heal();
+    c.in_flight.clear();
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
+    for t in 0..60 {
+        c.tick_all();
+        assert_eq!(c.role(n(3)), Role::Follower, "tick {t}");
+        assert_eq!(c.raft(n(3)).status().leader, Some(n(1)), "tick {t}");
+    }
+    assert!(
+        c.raft(n(1))
+            .progress(n(3))
+            .is_some_and(|p| p.state == ProgressState::Snapshot),
+        "the transfer is still waiting for its chunk"
+    );
+}
+
+#[test]
+fn paper_7_a_late_append_from_behind_the_followers_snapshot_is_acknowledged() {
+    // Entries at or below a snapshot are committed, hence identical to the leader's: a
+    // late duplicate of an old append, reaching back behind the follower's snapshot
+    // and compacted log, is acknowledged, not answered with a conflict (which would
+    // send the leader probing backwards).
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    propose_many(&mut c, 2);
+    let old = c
+        .delivered
+        .iter()
+        .rev()
+        .find_map(|(from, to, m)| match m {
+            Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) && !a.entries.is_empty() => {
+                Some(a.clone())
+            }
+            _ => None,
+        })
+        .expect("an append with entries");
+    propose_many(&mut c, 20);
+    c.ticks(1);
+    assert!(old.prev_log_id.index < c.raft(n(2)).log().purged().index);
+    c.raft_mut(n(2)).step(n(1), Message::AppendEntries(old));
+    let out = sends(&drain(c.raft_mut(n(2))));
+    assert!(
+        matches!(
+            out.as_slice(),
+            [(_, Message::AppendResponse(r))] if matches!(r.result, AppendResult::Success { .. })
+        ),
+        "{out:?}"
     );
 }
 

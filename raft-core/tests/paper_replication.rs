@@ -144,6 +144,59 @@ fn paper_5_3_consistency_check_rejects_a_term_mismatch_with_a_hint() {
 }
 
 #[test]
+fn paper_5_3_the_leader_backs_off_to_its_last_entry_of_the_conflicting_term() {
+    // With the hint (term 2, first index 3), "the leader can decrement nextIndex to
+    // bypass all of the conflicting entries in that term": it holds term 2 up to index
+    // 3, so its next probe checks index 3 rather than the follower's first index of the
+    // term or the start of the log.
+    let mut c = Cluster::with_logs(&[vec![1, 1, 2, 3], vec![1, 1, 2, 2, 2], vec![]], |_| {});
+    c.elect(n(1));
+    let probes: Vec<u64> = c
+        .delivered
+        .iter()
+        .filter_map(|(from, to, m)| match m {
+            Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) => {
+                Some(a.prev_log_id.index.0)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes[..2], [4, 3], "{probes:?}");
+    assert_eq!(terms(&c, n(2)), terms(&c, n(1)));
+}
+
+#[test]
+fn paper_5_3_the_hint_gives_the_first_index_stored_for_the_term() {
+    // "the first index it stores for that term": after compaction that is the first
+    // entry held, not the snapshot's last index before it.
+    let mut c = Cluster::new_with(3, |c| {
+        c.snapshot_entries = 5;
+        c.snapshot_keep_entries = 2;
+    });
+    c.elect(n(1));
+    for i in 0..12 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let log = c.raft(n(2)).log();
+    let (first, last, term) = (log.first_index(), log.last_log_id(), log.last_log_id().term);
+    assert!(log.purged().index > LogIndex(0) && log.purged().term == term);
+    // A leader of a later term checks the last index with another term.
+    let next = term.next().0;
+    c.raft_mut(n(2))
+        .step(n(3), append(next, (next, last.index.0), &[], 0));
+    assert_eq!(
+        only_response(&mut c, n(2)),
+        AppendResult::Conflict {
+            rejected: last.index,
+            hint: ConflictHint::Term {
+                term,
+                first_index: first
+            }
+        }
+    );
+}
+
+#[test]
 fn paper_5_3_conflicting_suffix_is_deleted_and_replaced() {
     // "If an existing entry conflicts with a new one (same index but different terms),
     // delete the existing entry and all that follow it."
@@ -170,6 +223,33 @@ fn paper_5_3_conflicting_suffix_is_deleted_and_replaced() {
             ..
         }
     ));
+}
+
+#[test]
+fn paper_5_3_a_malformed_append_is_dropped_unanswered() {
+    // Figure 2's receiver assumes entries that follow prevLogIndex one by one, with
+    // terms that never go down and never exceed the leader's term: an append that
+    // breaks any one of these comes from no honest leader, and is neither stored nor
+    // answered.
+    for (what, m) in [
+        ("a gap after prev", append(1, (0, 0), &[(1, 2)], 0)),
+        ("terms going down", append(2, (0, 0), &[(2, 1), (1, 2)], 0)),
+        ("a term above the leader's", append(1, (0, 0), &[(2, 1)], 0)),
+        ("no index left after it", append(1, (1, u64::MAX), &[], 0)),
+    ] {
+        let mut c = Cluster::new(3);
+        c.raft_mut(n(2)).step(n(1), m);
+        let answers = sends(&drain(c.raft_mut(n(2))))
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::AppendResponse(_)))
+            .count();
+        assert_eq!(answers, 0, "{what}: answered");
+        assert_eq!(
+            c.raft(n(2)).log().last_index(),
+            LogIndex(0),
+            "{what}: stored"
+        );
+    }
 }
 
 #[test]
@@ -252,7 +332,10 @@ fn paper_5_4_2_figure_8_an_old_term_entry_is_not_committed_by_counting_replicas(
     }
     // S5 (last entry from term 3) would refuse S1; S1 wins with S2, S3 (and S4's
     // pre-vote), delivered by hand so no follower answers an append.
+    let mut ticks = 0;
     while c.role(n(1)) != Role::Candidate {
+        ticks += 1;
+        assert!(ticks < 100, "node 1 never became a candidate");
         c.raft_mut(n(1)).tick();
         drain(c.raft_mut(n(1)));
         if c.role(n(1)) == Role::PreCandidate {
@@ -452,6 +535,185 @@ fn replication_pipeline_stops_at_the_in_flight_limit() {
         c.raft(n(2)).log().last_index(),
         c.raft(n(1)).log().last_index()
     );
+}
+
+#[test]
+fn replication_a_follower_at_its_in_flight_limit_gets_nothing_but_empty_heartbeats() {
+    // Flow control: the answers of nodes 2, 4 and 5 are lost, so their windows stay
+    // full after two appends, and nothing commits. Node 3 keeps answering, which makes
+    // the leader flush again; node 2 must get nothing from those flushes, and the
+    // heartbeat it then gets carries no entries (only the commit index and the round).
+    let tune = |c: &mut Config| {
+        c.max_inflight_appends = 2;
+        c.max_entries_per_append = 1;
+    };
+    let mut c = Cluster::new_with(5, tune);
+    c.elect(n(1));
+    c.ticks(1);
+    for id in [2, 4, 5] {
+        c.blocked.insert((n(id), n(1)));
+    }
+    let appends_to_2 = |c: &Cluster| -> Vec<usize> {
+        c.delivered
+            .iter()
+            .filter_map(|(from, to, m)| match m {
+                Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) => Some(a.entries.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = appends_to_2(&c).len();
+    for i in 0..5 {
+        c.raft_mut(n(1))
+            .propose(Bytes::from(format!("c{i}").as_str()))
+            .expect("leader");
+        c.settle();
+    }
+    assert_eq!(
+        c.raft(n(3)).log().last_index(),
+        c.raft(n(1)).log().last_index()
+    );
+    assert_eq!(
+        appends_to_2(&c)[before..],
+        [1, 1],
+        "the window, then nothing"
+    );
+    c.tick(n(1));
+    assert_eq!(
+        appends_to_2(&c)[before..],
+        [1, 1, 0],
+        "the heartbeat carries no entries"
+    );
+}
+
+#[test]
+fn replication_acknowledged_bytes_reopen_the_byte_window() {
+    // The in-flight limit in bytes counts only appends not yet acknowledged: each
+    // acknowledgement gives its bytes back, so a steady trickle of small commands
+    // keeps flowing however many bytes it adds up to.
+    let mut c = Cluster::new_with(3, |c| {
+        c.max_inflight_bytes = 10;
+        c.max_entries_per_append = 1;
+    });
+    c.elect(n(1));
+    c.ticks(1);
+    for i in 0..10 {
+        c.propose(n(1), &format!("c{i:03}"));
+        for id in [n(2), n(3)] {
+            assert_eq!(
+                c.raft(id).log().last_index(),
+                c.raft(n(1)).log().last_index(),
+                "command {i} reached node {id} without waiting for a heartbeat"
+            );
+        }
+    }
+}
+
+#[test]
+fn replication_stale_rejections_change_nothing() {
+    // Answers arrive late and twice: a rejection of an append the leader has since
+    // moved past must not reset the follower's progress.
+    use raft_core::ProgressState::{Probe, Replicate};
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(2));
+    for i in 0..4 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let term = c.term(n(1));
+    let last = c.raft(n(1)).log().last_index().0;
+    let matched = c.raft(n(1)).progress(n(2)).expect("progress").match_index.0;
+    assert!(matched + 4 <= last);
+    let reject = |rejected: u64, follower_last: u64| {
+        Message::AppendResponse(AppendResponse {
+            term,
+            round: 0,
+            result: AppendResult::Conflict {
+                rejected: LogIndex(rejected),
+                hint: ConflictHint::LastIndex(LogIndex(follower_last)),
+            },
+        })
+    };
+    let progress = |c: &Cluster| {
+        let p = c.raft(n(1)).progress(n(2)).expect("progress");
+        (p.state, p.next_index.0)
+    };
+    // Replicating: a rejection at or below what node 2 is known to hold is stale.
+    c.step(n(2), n(1), reject(matched, matched));
+    assert_eq!(progress(&c), (Replicate, last + 1));
+    // A fresh rejection starts probing after node 2's last entry.
+    c.step(n(2), n(1), reject(last, matched));
+    assert_eq!(progress(&c), (Probe, matched + 1));
+    // Probing: a rejection of anything but the current probe is stale.
+    c.step(n(2), n(1), reject(last - 1, last - 2));
+    assert_eq!(progress(&c), (Probe, matched + 1));
+}
+
+#[test]
+fn replication_a_lost_probe_is_resent_with_entries_at_the_next_heartbeat() {
+    // Probing sends one append at a time and waits; when that append is lost, the
+    // next heartbeat allows another probe, carrying entries, rather than only an empty
+    // append that would cost one more round trip.
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(2));
+    for i in 0..4 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let term = c.term(n(1));
+    let (last, matched) = (
+        c.raft(n(1)).log().last_index(),
+        c.raft(n(1)).progress(n(2)).expect("progress").match_index,
+    );
+    // Node 2 rejects, and the probe that follows is lost.
+    c.step(
+        n(2),
+        n(1),
+        Message::AppendResponse(AppendResponse {
+            term,
+            round: 0,
+            result: AppendResult::Conflict {
+                rejected: last,
+                hint: ConflictHint::LastIndex(matched),
+            },
+        }),
+    );
+    c.settle();
+    c.heal();
+    let before = c.delivered.len();
+    c.tick(n(1));
+    let first_to_2 = c.delivered[before..]
+        .iter()
+        .find_map(|(from, to, m)| match m {
+            Message::AppendEntries(a) if (*from, *to) == (n(1), n(2)) => Some(a.entries.len()),
+            _ => None,
+        });
+    assert!(first_to_2.is_some_and(|len| len > 0), "{first_to_2:?}");
+    assert_eq!(c.raft(n(2)).log().last_index(), last);
+}
+
+#[test]
+fn replication_an_append_stops_before_max_append_bytes() {
+    // Appends carry up to `max_append_bytes` of payload (and at least one entry): with
+    // 16 bytes and 8-byte commands, two commands per append, not one and not all five.
+    let mut c = Cluster::new_with(3, |c| c.max_append_bytes = 16);
+    c.elect(n(1));
+    c.ticks(1);
+    for i in 0..5 {
+        c.raft_mut(n(1))
+            .propose(Bytes::from(format!("command{i}").as_str()))
+            .expect("leader");
+    }
+    c.process(n(1));
+    let sizes: Vec<usize> = c
+        .take_in_flight()
+        .into_iter()
+        .filter_map(|(_, to, m)| match m {
+            Message::AppendEntries(a) if to == n(2) => Some(a.entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes[0], 2, "{sizes:?}");
 }
 
 #[test]

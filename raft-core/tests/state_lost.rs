@@ -8,7 +8,7 @@
 
 mod support;
 
-use raft_core::{Config, ProposeError, Role};
+use raft_core::{Action, Config, ProposeError, Role};
 use raft_proto::{LogIndex, Message, ReadId};
 use support::{Cluster, n};
 
@@ -246,4 +246,45 @@ fn a_snapshot_whose_file_is_gone_is_rebuilt_before_it_is_sent() {
     );
     assert_eq!(c.node(n(3)).snapshots_installed, 1);
     assert_eq!(c.applied_commands(n(3)), c.applied_commands(n(1)));
+}
+
+#[test]
+fn a_snapshot_whose_file_is_gone_is_not_read_again_while_it_is_rebuilt() {
+    // Once a read finds the leader's newest snapshot file gone, that snapshot is never
+    // offered again: the follower waits for the rebuild instead of the leader retrying
+    // the lost file at every heartbeat.
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    c.isolate(n(3));
+    // The blank entry and 9 commands: the snapshot is at the last applied index, so
+    // the rebuild is at the same index and must replace it.
+    propose_many(&mut c, 1, 0, 9);
+    let gone = c.raft(n(1)).log().snapshot().id;
+    assert_eq!(
+        c.raft(n(1)).log().snapshot().last_log_id.index,
+        c.raft(n(1)).log().applied()
+    );
+    let leader = c.nodes.get_mut(&n(1)).expect("node");
+    leader.disk.snapshot.id ^= 0xdead;
+    leader.slow_snapshot_builds = true;
+    leader.slow_chunk_reads = true;
+    c.heal();
+    // Transfers of the lost file started (each reads from offset 0).
+    let mut reads_of_gone = 0;
+    for _ in 0..30 {
+        c.tick_all();
+        let queued = &c.node(n(1)).chunk_reads;
+        reads_of_gone += queued
+            .iter()
+            .filter(|a| matches!(a, Action::ReadSnapshotChunk { meta, offset: 0, .. } if meta.id == gone))
+            .count();
+        let count = queued.len();
+        c.read_chunks(n(1), count);
+        c.settle();
+    }
+    assert_eq!(reads_of_gone, 1, "the lost file was tried once");
+    c.finish_builds(n(1));
+    c.nodes.get_mut(&n(1)).expect("node").slow_chunk_reads = false;
+    c.ticks(20);
+    assert_eq!(c.node(n(3)).snapshots_installed, 1);
 }
