@@ -16,8 +16,8 @@ fn lease(c: &mut Config) {
     };
 }
 
-/// Node 1 leads, and a heartbeat round has been acknowledged by a quorum.
-fn leading() -> Cluster {
+/// Node 1 has just been elected.
+fn elected() -> Cluster {
     let mut c = Cluster::new_with(3, lease);
     // With leases, a node that just started ignores elections for an election
     // timeout (it may have acknowledged a lease before a crash): let that pass.
@@ -29,6 +29,12 @@ fn leading() -> Cluster {
     }
     c.heal();
     c.elect(n(1));
+    c
+}
+
+/// Node 1 leads, and a heartbeat round has been acknowledged by a quorum.
+fn leading() -> Cluster {
+    let mut c = elected();
     c.propose(n(1), "x");
     c.ticks(1);
     c.settle();
@@ -221,15 +227,7 @@ fn dissertation_6_4_1_a_round_sent_at_the_start_of_the_term_grants_a_full_lease(
     // A read right after the election opens a round at the leader's tick 0; once a
     // quorum acknowledges it, the lease runs its full 7 ticks from then, while the
     // heartbeat rounds after it go unanswered.
-    let mut c = Cluster::new_with(3, lease);
-    for id in [2, 3] {
-        c.isolate(n(id));
-        for _ in 0..10 {
-            c.tick(n(id));
-        }
-    }
-    c.heal();
-    c.elect(n(1));
+    let mut c = elected();
     c.raft_mut(n(1)).read_index(ReadId(200)).expect("leader");
     c.settle();
     assert!(c.node(n(1)).reads_ready.iter().any(|r| r.0 == ReadId(200)));

@@ -261,11 +261,9 @@ fn paper_7_chunks_in_flight_are_bounded() {
     );
 }
 
-#[test]
-fn paper_7_heartbeats_keep_flowing_while_a_snapshot_streams() {
-    // A snapshot to one follower never holds up the others: count, in ticks, the
-    // longest gap between AppendEntries the leader sends to node 2 while node 3 is in
-    // the snapshot state.
+/// Node 1 leads with 40 entries compacted away behind node 3, which rejoins with
+/// nothing in flight: the snapshot to it goes 4 bytes a chunk, one chunk at a time.
+fn leader_about_to_stream_a_snapshot_to_node_3() -> Cluster {
     let mut c = Cluster::new_with(3, |c| {
         small_snapshots(c);
         c.snapshot_chunk_bytes = 4;
@@ -276,6 +274,15 @@ fn paper_7_heartbeats_keep_flowing_while_a_snapshot_streams() {
     propose_many(&mut c, 40);
     c.heal();
     c.in_flight.clear();
+    c
+}
+
+#[test]
+fn paper_7_heartbeats_keep_flowing_while_a_snapshot_streams() {
+    // A snapshot to one follower never holds up the others: count, in ticks, the
+    // longest gap between AppendEntries the leader sends to node 2 while node 3 is in
+    // the snapshot state.
+    let mut c = leader_about_to_stream_a_snapshot_to_node_3();
     // The leader's disk reads one chunk per tick.
     c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
     let (mut gap, mut longest, mut streaming_ticks) = (0u32, 0u32, 0u32);
@@ -331,16 +338,7 @@ fn paper_7_a_follower_waiting_for_a_stalled_snapshot_still_hears_heartbeats() {
     // The leader's disk has not read the next chunk for node 3, so the transfer stalls;
     // the leader still heartbeats node 3 (an empty append at its snapshot's last index),
     // so node 3 keeps its leader and never campaigns.
-    let mut c = Cluster::new_with(3, |c| {
-        small_snapshots(c);
-        c.snapshot_chunk_bytes = 4;
-        c.max_snapshot_chunks_in_flight = 1;
-    });
-    c.elect(n(1));
-    c.isolate(n(3));
-    propose_many(&mut c, 40);
-    c.heal();
-    c.in_flight.clear();
+    let mut c = leader_about_to_stream_a_snapshot_to_node_3();
     c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
     for t in 0..60 {
         c.tick_all();

@@ -500,13 +500,15 @@ fn replication_proposals_between_polls_share_one_append_and_one_persist() {
     );
 }
 
+/// Flow control at its smallest: two appends in flight per follower, one entry each.
+fn window_of_two(c: &mut Config) {
+    c.max_inflight_appends = 2;
+    c.max_entries_per_append = 1;
+}
+
 #[test]
 fn replication_pipeline_stops_at_the_in_flight_limit() {
-    let tune = |c: &mut Config| {
-        c.max_inflight_appends = 2;
-        c.max_entries_per_append = 1;
-    };
-    let mut c = Cluster::new_with(3, tune);
+    let mut c = Cluster::new_with(3, window_of_two);
     c.elect(n(1));
     c.ticks(1);
     assert!(
@@ -543,11 +545,7 @@ fn replication_a_follower_at_its_in_flight_limit_gets_nothing_but_empty_heartbea
     // full after two appends, and nothing commits. Node 3 keeps answering, which makes
     // the leader flush again; node 2 must get nothing from those flushes, and the
     // heartbeat it then gets carries no entries (only the commit index and the round).
-    let tune = |c: &mut Config| {
-        c.max_inflight_appends = 2;
-        c.max_entries_per_append = 1;
-    };
-    let mut c = Cluster::new_with(5, tune);
+    let mut c = Cluster::new_with(5, window_of_two);
     c.elect(n(1));
     c.ticks(1);
     for id in [2, 4, 5] {

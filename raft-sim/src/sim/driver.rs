@@ -225,22 +225,18 @@ impl World {
                     || node.purging.is_some()
                     || !node.queue.is_empty();
                 let writing_hard_state = in_flight.is_some_and(|p| p.hard_state.is_some());
-                if blocked
-                    && action.may_go_ahead(writing_hard_state, &node.queue)
-                    && let Action::Send { to, message } = action
-                {
-                    ahead.push((to, message));
+                if blocked && action.may_go_ahead(writing_hard_state, &node.queue) {
+                    ahead.push(action);
                 } else {
                     Action::enqueue(&mut node.queue, action);
                 }
             }
-            for (to, message) in ahead {
-                let action = Action::Send { to, message };
+            for action in ahead {
                 self.contract_started(i, &action)?;
-                let Action::Send { to, message } = action else {
-                    unreachable!("built as a send above")
-                };
-                self.send(i, to, message);
+                // Only sends may go ahead.
+                if let Action::Send { to, message } = action {
+                    self.send(i, to, message);
+                }
             }
             let node = &mut self.nodes[i];
             if node.disk.in_flight.is_some() || node.installing || node.purging.is_some() {
