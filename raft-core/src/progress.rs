@@ -60,9 +60,10 @@ impl SnapshotSend {
             .div_ceil(chunk.max(1) as u64) as usize
     }
 
-    /// Whether every byte has been requested.
+    /// Whether every byte has been requested; for an empty snapshot, its one empty
+    /// chunk at offset 0 (so a rewind after that chunk was lost asks for it again).
     pub(crate) fn all_requested(&self) -> bool {
-        self.size.is_some_and(|size| self.next >= size)
+        self.size.is_some_and(|size| self.next >= size.max(1))
     }
 
     /// Sends again from what the follower acknowledged.

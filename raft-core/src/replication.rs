@@ -1,6 +1,7 @@
 //! Log replication (paper §5.3) and commitment (§5.4.2).
 
 use crate::action::Persist;
+use crate::progress::ProgressState;
 use crate::raft::{Raft, RoleState};
 use raft_proto::{
     AppendEntries, AppendResponse, AppendResult, ConflictHint, EntryPayload, LogId, LogIndex,
@@ -17,11 +18,15 @@ impl Raft {
         let heartbeat = std::mem::take(&mut l.heartbeat_due);
         // Every follower hears the current round in this flush (see `ReadState`).
         l.reads.round_open = false;
-        let (last, cfg) = (self.log.last_index(), &self.config);
+        let (last, purged, cfg) = (self.log.last_index(), self.log.purged().index, &self.config);
         let due = heartbeat
             || l.progress.values().any(|pr| {
-                pr.next_index <= last
-                    && !pr.is_paused(cfg.max_inflight_appends, cfg.max_inflight_bytes)
+                let sendable = pr.next_index <= last
+                    && !pr.is_paused(cfg.max_inflight_appends, cfg.max_inflight_bytes);
+                // The entries it needs were just compacted away: its snapshot starts
+                // now, not at the next heartbeat.
+                let compacted_past = pr.next_index <= purged && pr.state != ProgressState::Snapshot;
+                sendable || compacted_past
             });
         if due {
             let peers: Vec<NodeId> = l.progress.keys().copied().collect();

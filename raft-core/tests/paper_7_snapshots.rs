@@ -4,11 +4,11 @@ mod support;
 
 use raft_core::{Action, Config, ProgressState, Role};
 use raft_proto::{
-    AppendResult, Bytes, InstallSnapshot, LogId, LogIndex, Membership, Message, SnapshotMeta,
-    SnapshotOutcome, Term,
+    AppendResult, Bytes, HardState, InstallSnapshot, LogId, LogIndex, Membership, Message,
+    SnapshotMeta, SnapshotOutcome, Term,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use support::{Cluster, drain, n, sends};
+use support::{Cluster, Disk, TestNode, drain, n, sends};
 
 /// Snapshots every 5 applied entries, 2 entries kept, 16-byte chunks, 2 in flight.
 fn small_snapshots(c: &mut Config) {
@@ -41,6 +41,53 @@ fn paper_7_a_snapshot_is_taken_once_enough_entries_are_applied() {
             "node {id}: snapshot at {snap:?}"
         );
     }
+}
+
+#[test]
+fn paper_7_the_snapshot_is_taken_when_exactly_snapshot_entries_were_applied() {
+    // With `snapshot_entries = 5`: the blank entry and three commands make four
+    // applied entries, no snapshot; the fourth command makes five, and the snapshot
+    // covers exactly them.
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    propose_many(&mut c, 3);
+    assert_eq!(c.raft(n(1)).log().applied(), LogIndex(4));
+    assert_eq!(c.node(n(1)).snapshots_built, 0, "4 entries applied");
+    c.propose(n(1), "cmd-fifth");
+    assert_eq!(c.node(n(1)).snapshots_built, 1, "5 entries applied");
+    assert_eq!(c.raft(n(1)).log().snapshot().last_log_id.index, LogIndex(5));
+}
+
+#[test]
+fn paper_7_an_operators_snapshot_request_asks_only_when_there_is_something_new() {
+    // `trigger_snapshot` (the admin's "snapshot now") says whether it asked the state
+    // machine for a snapshot: not while one is being built, and not when nothing was
+    // applied since the last one. Automatic snapshots are off (both triggers 0), so
+    // every snapshot here is the operator's.
+    let mut c = Cluster::new_with(3, |cfg| {
+        cfg.snapshot_entries = 0;
+        cfg.snapshot_bytes = 0;
+    });
+    c.elect(n(1));
+    propose_many(&mut c, 3);
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_snapshot_builds = true;
+    assert!(c.raft_mut(n(1)).trigger_snapshot(), "4 entries applied");
+    c.process(n(1));
+    assert_eq!(c.node(n(1)).builds.len(), 1, "a build started");
+    assert!(!c.raft_mut(n(1)).trigger_snapshot(), "a build is running");
+    c.finish_builds(n(1));
+    assert_eq!(c.raft(n(1)).log().snapshot().last_log_id.index, LogIndex(4));
+    assert!(
+        !c.raft_mut(n(1)).trigger_snapshot(),
+        "nothing applied since"
+    );
+    c.process(n(1));
+    assert!(c.node(n(1)).builds.is_empty(), "no build was asked for");
+    c.propose(n(1), "cmd-new");
+    assert!(
+        c.raft_mut(n(1)).trigger_snapshot(),
+        "one entry applied since"
+    );
 }
 
 #[test]
@@ -134,6 +181,40 @@ fn paper_7_a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         .filter(|(_, to, m)| *to == n(3) && matches!(m, Message::InstallSnapshot(_)))
         .count();
     assert!(chunks > 2, "the snapshot travelled in chunks ({chunks})");
+}
+
+#[test]
+fn paper_7_a_follower_the_compaction_passes_gets_the_snapshot_at_once() {
+    // Node 3 is cut off, and the leader is probing it from index 1. The moment the
+    // leader compacts its log past that index, node 3 can only be brought up to date
+    // by a snapshot: the transfer starts in the same step (its first chunk is read),
+    // not at the next heartbeat.
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.isolate(n(3));
+    c.elect(n(1));
+    let mut proposed = 0;
+    loop {
+        c.propose(n(1), &format!("cmd-{proposed:03}"));
+        proposed += 1;
+        assert!(proposed <= 10, "no compaction after {proposed} entries");
+        let pr = c.raft(n(1)).progress(n(3)).expect("node 3's progress");
+        if c.raft(n(1)).log().purged().index >= pr.next_index {
+            assert_eq!(
+                pr.state,
+                ProgressState::Snapshot,
+                "after {proposed} entries"
+            );
+            break;
+        }
+        assert_eq!(pr.state, ProgressState::Probe);
+    }
+    assert!(
+        c.raft(n(1))
+            .progress(n(3))
+            .and_then(|pr| pr.snapshot.as_ref())
+            .is_some_and(|t| t.next > 0),
+        "the leader asked its disk for the first chunk"
+    );
 }
 
 #[test]
@@ -259,6 +340,129 @@ fn paper_7_chunks_in_flight_are_bounded() {
         (1..=2).contains(&max_in_flight),
         "{max_in_flight} chunks in flight"
     );
+}
+
+#[test]
+fn paper_7_each_chunk_is_read_once_and_nothing_past_the_end() {
+    // The leader reads a snapshot chunk by chunk from its disk, two chunks ahead of the
+    // follower's acknowledgements. Once it has read the last chunk it knows the size,
+    // and later acknowledgements (which open the window again) ask for nothing more:
+    // on a lossless network each chunk is read exactly once.
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 30);
+    c.heal();
+    c.in_flight.clear();
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
+    let mut offsets = Vec::new();
+    for _ in 0..40 {
+        c.raft_mut(n(1)).tick();
+        c.process(n(1));
+        loop {
+            // Every read the leader asked for completes before the next delivery.
+            while let Some(Action::ReadSnapshotChunk { offset, .. }) =
+                c.node(n(1)).chunk_reads.front()
+            {
+                offsets.push(*offset);
+                c.read_chunks(n(1), 1);
+            }
+            if !c.deliver_one() {
+                break;
+            }
+        }
+        if c.node(n(3)).snapshots_installed > 0 {
+            break;
+        }
+    }
+    assert_eq!(c.node(n(3)).snapshots_installed, 1);
+    let size = c.node(n(1)).disk.snapshot_data.len() as u64;
+    let chunk = c.raft(n(1)).config().snapshot_chunk_bytes as u64;
+    assert!(
+        size > 3 * chunk,
+        "a snapshot of {size} bytes spans several windows"
+    );
+    let expected: Vec<u64> = (0..size.div_ceil(chunk)).map(|k| k * chunk).collect();
+    assert_eq!(offsets, expected, "chunk reads for a {size}-byte snapshot");
+}
+
+#[test]
+fn paper_7_reads_past_the_end_are_not_sent() {
+    // With a window wider than the whole snapshot, the leader asks for chunks past its
+    // end before it knows the size; those reads come back empty and are dropped: the
+    // follower receives each chunk once, the last one marked done, and nothing after.
+    let mut c = Cluster::new_with(3, |cfg| {
+        small_snapshots(cfg);
+        cfg.snapshot_chunk_bytes = 64;
+        cfg.max_snapshot_chunks_in_flight = 8;
+    });
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 30);
+    c.heal();
+    c.ticks(5);
+    assert_eq!(c.node(n(3)).snapshots_installed, 1);
+    let size = c.node(n(1)).disk.snapshot_data.len() as u64;
+    assert!(
+        (129..=256).contains(&size),
+        "a {size}-byte snapshot: 3 or 4 chunks"
+    );
+    let chunks: Vec<(u64, bool)> = c
+        .delivered
+        .iter()
+        .filter_map(|(from, to, m)| match m {
+            Message::InstallSnapshot(s) if (*from, *to) == (n(1), n(3)) => Some((s.offset, s.done)),
+            _ => None,
+        })
+        .collect();
+    let count = size.div_ceil(64);
+    let expected: Vec<(u64, bool)> = (0..count).map(|k| (k * 64, k + 1 == count)).collect();
+    assert_eq!(chunks, expected, "chunks of a {size}-byte snapshot");
+}
+
+static EMPTY_CHUNKS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn paper_7_an_empty_snapshots_lost_chunk_is_resent() {
+    // A snapshot may be empty (a state machine with no state): it is sent as one empty
+    // chunk at offset 0, marked done. When that chunk is lost, the leader sends it
+    // again once the transfer stalls, as it would any other chunk.
+    let mut c = Cluster::new(3);
+    let base = LogId::new(Term(3), LogIndex(5));
+    for id in [n(1), n(2)] {
+        let config = c.node(id).config.clone();
+        let disk = Disk {
+            hard_state: HardState {
+                term: Term(3),
+                voted_for: None,
+            },
+            snapshot: SnapshotMeta {
+                last_log_id: base,
+                membership: Membership::voters(c.ids()),
+                id: 7,
+            },
+            snapshot_data: Vec::new(),
+            purged: base,
+            entries: Vec::new(),
+        };
+        c.nodes.insert(id, TestNode::with_disk(config, disk));
+    }
+    c.drop_if = Some(|_, to, m| {
+        to == n(3)
+            && matches!(m, Message::InstallSnapshot(_))
+            && EMPTY_CHUNKS_SEEN.fetch_add(1, Ordering::SeqCst) == 0
+    });
+    c.elect(n(1));
+    let election = c.raft(n(1)).config().election_ticks;
+    for _ in 0..4 * election {
+        c.tick(n(1));
+        if c.node(n(3)).snapshots_installed > 0 {
+            break;
+        }
+    }
+    assert_eq!(EMPTY_CHUNKS_SEEN.load(Ordering::SeqCst), 2, "sent twice");
+    assert_eq!(c.node(n(3)).snapshots_installed, 1);
+    assert_eq!(c.raft(n(3)).log().snapshot().last_log_id, base);
 }
 
 /// Node 1 leads with 40 entries compacted away behind node 3, which rejoins with

@@ -180,6 +180,30 @@ fn paper_5_2_election_timeouts_are_randomized() {
 }
 
 #[test]
+fn paper_5_2_a_follower_draws_its_timeout_when_it_starts_following_not_per_append() {
+    // The randomized timeout is drawn when a server starts following a leader (or
+    // starts an election), as in raft-rs and etcd raft: how long a follower waits once
+    // its leader falls silent does not depend on how many appends it heard before.
+    let waits: Vec<u32> = [1, 2, 5, 13]
+        .into_iter()
+        .map(|appends| {
+            let mut c = Cluster::new(3);
+            c.elect(n(1));
+            let term = c.term(n(1)).0;
+            for _ in 0..appends {
+                c.raft_mut(n(2)).step(n(1), heartbeat(term));
+                drain(c.raft_mut(n(2)));
+            }
+            tick_until_campaign(&mut c, n(2))
+        })
+        .collect();
+    assert!(
+        waits.iter().all(|&w| w == waits[0]),
+        "ticks to campaign after 1, 2, 5 and 13 appends: {waits:?}"
+    );
+}
+
+#[test]
 fn paper_5_2_candidate_with_a_majority_becomes_leader() {
     // "A candidate wins an election if it receives votes from a majority of the servers
     // in the full cluster for the same term."

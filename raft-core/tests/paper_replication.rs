@@ -3,12 +3,12 @@
 
 mod support;
 
-use raft_core::{Action, Config, ProposeError, Role};
+use raft_core::{Action, Config, ProgressState, ProposeError, Role};
 use raft_proto::{
-    AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload, LogId,
-    LogIndex, Message, NodeId, Term,
+    AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload,
+    HardState, LogId, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term,
 };
-use support::{Cluster, drain, n, sends};
+use support::{Cluster, Disk, TestNode, drain, n, sends};
 
 fn entry(term: u64, index: u64) -> Entry {
     Entry {
@@ -163,6 +163,90 @@ fn paper_5_3_the_leader_backs_off_to_its_last_entry_of_the_conflicting_term() {
         .collect();
     assert_eq!(probes[..2], [4, 3], "{probes:?}");
     assert_eq!(terms(&c, n(2)), terms(&c, n(1)));
+}
+
+/// Node 1 leads in term 5 over a log that starts after a snapshot at (term 3, index
+/// 5) and holds two term-4 entries (6 and 7) before its blank entry (8). Node 3 is cut
+/// off, so the leader probes it at index 8 (prev 7) and waits for its answer.
+fn leader_whose_log_starts_after_a_term_3_snapshot() -> Cluster {
+    let mut c = Cluster::new(3);
+    let base = LogId::new(Term(3), LogIndex(5));
+    for id in c.ids() {
+        let config = c.node(id).config.clone();
+        let disk = Disk {
+            hard_state: HardState {
+                term: Term(4),
+                voted_for: None,
+            },
+            snapshot: SnapshotMeta {
+                last_log_id: base,
+                membership: Membership::voters(c.ids()),
+                id: 7,
+            },
+            snapshot_data: Vec::new(),
+            purged: base,
+            entries: vec![entry(4, 6), entry(4, 7)],
+        };
+        c.nodes.insert(id, TestNode::with_disk(config, disk));
+    }
+    c.isolate(n(3));
+    c.elect(n(1));
+    assert_eq!(c.raft(n(1)).log().purged(), base);
+    let probe = c.raft(n(1)).progress(n(3)).expect("node 3's progress");
+    assert_eq!(
+        (probe.state, probe.next_index),
+        (ProgressState::Probe, LogIndex(8))
+    );
+    c
+}
+
+/// Node 3 rejects the probe at prev 7: its entry there has `term`, whose first index
+/// in its log is `first_index`.
+fn reject_prev_7(c: &mut Cluster, term: u64, first_index: u64) {
+    c.raft_mut(n(1)).step(
+        n(3),
+        Message::AppendResponse(AppendResponse {
+            term: Term(5),
+            round: 0,
+            result: AppendResult::Conflict {
+                rejected: LogIndex(7),
+                hint: ConflictHint::Term {
+                    term: Term(term),
+                    first_index: LogIndex(first_index),
+                },
+            },
+        }),
+    );
+    c.process(n(1));
+}
+
+#[test]
+fn paper_5_3_the_back_off_counts_the_snapshots_last_entry_as_the_leaders_last_of_its_term() {
+    // The leader's last entry of the hint's term may be its snapshot's last entry.
+    // Node 3 holds term 3 from index 2 through 7 (an old leader's uncommitted tail):
+    // the leader's last term-3 entry is its snapshot's (index 5), so it probes next at
+    // index 6 (prev 5, which matches), instead of going back to the follower's first
+    // index of term 3, behind its snapshot, and sending the whole snapshot.
+    let mut c = leader_whose_log_starts_after_a_term_3_snapshot();
+    reject_prev_7(&mut c, 3, 2);
+    let pr = c.raft(n(1)).progress(n(3)).expect("node 3's progress");
+    assert_eq!(
+        (pr.state, pr.next_index),
+        (ProgressState::Probe, LogIndex(6))
+    );
+}
+
+#[test]
+fn paper_5_3_a_conflict_in_a_term_the_leader_never_held_goes_behind_its_snapshot() {
+    // Node 3 holds term 2 from index 2 through 7: it conflicts with the leader's
+    // snapshot itself. The leader holds no entry of term 2 (its snapshot's last entry
+    // is of term 3), so it goes back to the follower's first index of term 2, behind
+    // its snapshot, and the next heartbeat starts the snapshot, without a probe at
+    // index 6 that could only fail again.
+    let mut c = leader_whose_log_starts_after_a_term_3_snapshot();
+    reject_prev_7(&mut c, 2, 2);
+    let pr = c.raft(n(1)).progress(n(3)).expect("node 3's progress");
+    assert_eq!(pr.state, ProgressState::Snapshot);
 }
 
 #[test]
