@@ -4,8 +4,8 @@ mod support;
 
 use raft_core::{Action, Config, ProgressState, Role};
 use raft_proto::{
-    AppendResult, Bytes, HardState, InstallSnapshot, LogId, LogIndex, Membership, Message,
-    SnapshotMeta, SnapshotOutcome, Term,
+    AppendResult, Bytes, HardState, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex,
+    Membership, Message, SnapshotMeta, SnapshotOutcome, Term,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use support::{Cluster, Disk, TestNode, drain, n, sends};
@@ -407,27 +407,20 @@ fn paper_7_reads_past_the_end_are_not_sent() {
         (129..=256).contains(&size),
         "a {size}-byte snapshot: 3 or 4 chunks"
     );
-    let chunks: Vec<(u64, bool)> = c
-        .delivered
-        .iter()
-        .filter_map(|(from, to, m)| match m {
-            Message::InstallSnapshot(s) if (*from, *to) == (n(1), n(3)) => Some((s.offset, s.done)),
-            _ => None,
-        })
-        .collect();
     let count = size.div_ceil(64);
     let expected: Vec<(u64, bool)> = (0..count).map(|k| (k * 64, k + 1 == count)).collect();
-    assert_eq!(chunks, expected, "chunks of a {size}-byte snapshot");
+    assert_eq!(
+        chunks_to_node_3(&c),
+        expected,
+        "chunks of a {size}-byte snapshot"
+    );
 }
 
-static EMPTY_CHUNKS_SEEN: AtomicUsize = AtomicUsize::new(0);
-
-#[test]
-fn paper_7_an_empty_snapshots_lost_chunk_is_resent() {
-    // A snapshot may be empty (a state machine with no state): it is sent as one empty
-    // chunk at offset 0, marked done. When that chunk is lost, the leader sends it
-    // again once the transfer stalls, as it would any other chunk.
-    let mut c = Cluster::new(3);
+/// Nodes 1 and 2 restart from a snapshot at (term 3, index 5) whose bytes are `data`
+/// (an encoded state, or nothing); node 3 is new, so their leader must send it that
+/// snapshot.
+fn cluster_where_node_3_needs_a_snapshot_of(data: Vec<u8>, tune: impl Fn(&mut Config)) -> Cluster {
+    let mut c = Cluster::new_with(3, tune);
     let base = LogId::new(Term(3), LogIndex(5));
     for id in [n(1), n(2)] {
         let config = c.node(id).config.clone();
@@ -441,12 +434,50 @@ fn paper_7_an_empty_snapshots_lost_chunk_is_resent() {
                 membership: Membership::voters(c.ids()),
                 id: 7,
             },
-            snapshot_data: Vec::new(),
+            snapshot_data: data.clone(),
             purged: base,
             entries: Vec::new(),
         };
         c.nodes.insert(id, TestNode::with_disk(config, disk));
     }
+    c
+}
+
+/// The (offset, done) of every snapshot chunk node 1 sent node 3 that arrived.
+fn chunks_to_node_3(c: &Cluster) -> Vec<(u64, bool)> {
+    c.delivered
+        .iter()
+        .filter_map(|(from, to, m)| match m {
+            Message::InstallSnapshot(s) if (*from, *to) == (n(1), n(3)) => Some((s.offset, s.done)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn paper_7_a_read_at_the_exact_end_is_not_sent() {
+    // A snapshot of exactly one chunk, four chunks in flight: the reads at one, two and
+    // three chunk lengths were asked for before the size was known and come back
+    // empty; the one at the exact end is dropped like those beyond it.
+    let data = raft_proto::encode_frame(&vec![b"the whole state".to_vec()]).expect("encodable");
+    let size = data.len();
+    let mut c = cluster_where_node_3_needs_a_snapshot_of(data, |cfg| {
+        cfg.snapshot_chunk_bytes = size;
+        cfg.max_snapshot_chunks_in_flight = 4;
+    });
+    c.elect(n(1));
+    assert_eq!(c.node(n(3)).snapshots_installed, 1);
+    assert_eq!(chunks_to_node_3(&c), vec![(0, true)]);
+}
+
+static EMPTY_CHUNKS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn paper_7_an_empty_snapshots_lost_chunk_is_resent() {
+    // A snapshot may be empty (a state machine with no state): it is sent as one empty
+    // chunk at offset 0, marked done. When that chunk is lost, the leader sends it
+    // again once the transfer stalls, as it would any other chunk.
+    let mut c = cluster_where_node_3_needs_a_snapshot_of(Vec::new(), |_| {});
     c.drop_if = Some(|_, to, m| {
         to == n(3)
             && matches!(m, Message::InstallSnapshot(_))
@@ -462,7 +493,43 @@ fn paper_7_an_empty_snapshots_lost_chunk_is_resent() {
     }
     assert_eq!(EMPTY_CHUNKS_SEEN.load(Ordering::SeqCst), 2, "sent twice");
     assert_eq!(c.node(n(3)).snapshots_installed, 1);
-    assert_eq!(c.raft(n(3)).log().snapshot().last_log_id, base);
+    assert_eq!(
+        c.raft(n(3)).log().snapshot().last_log_id,
+        LogId::new(Term(3), LogIndex(5))
+    );
+}
+
+#[test]
+fn paper_7_an_answer_about_another_snapshot_is_ignored() {
+    // An answer counts only for the transfer it answers: same snapshot id and same
+    // last log id. A late answer about an earlier snapshot rebuilt at the same index
+    // (its data was lost; the new one has a new id) must not move the new transfer.
+    let mut c = leader_about_to_stream_a_snapshot_to_node_3();
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
+    c.tick_all();
+    let t = c
+        .raft(n(1))
+        .progress(n(3))
+        .and_then(|pr| pr.snapshot.clone())
+        .expect("a transfer to node 3");
+    assert_eq!(t.acked, 0);
+    let term = c.term(n(1));
+    c.step(
+        n(3),
+        n(1),
+        Message::InstallSnapshotResponse(InstallSnapshotResponse {
+            term,
+            snapshot_id: t.meta.id + 1,
+            snapshot: t.meta.last_log_id,
+            outcome: SnapshotOutcome::Received { next_offset: 12 },
+        }),
+    );
+    let acked = c
+        .raft(n(1))
+        .progress(n(3))
+        .and_then(|pr| pr.snapshot.as_ref())
+        .map(|t| t.acked);
+    assert_eq!(acked, Some(0));
 }
 
 /// Node 1 leads with 40 entries compacted away behind node 3, which rejoins with
