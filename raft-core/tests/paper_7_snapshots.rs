@@ -500,6 +500,52 @@ fn paper_7_an_empty_snapshots_lost_chunk_is_resent() {
 }
 
 #[test]
+fn paper_7_the_leader_resends_after_the_second_answer_that_does_not_advance() {
+    // "twice in a row, so plain reordering is not mistaken for loss": one answer that
+    // does not move the follower's offset changes nothing; the second rewinds the
+    // transfer to that offset, and the chunk there is read again.
+    let mut c = leader_about_to_stream_a_snapshot_to_node_3();
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
+    for _ in 0..20 {
+        if !c.node(n(1)).chunk_reads.is_empty() {
+            break;
+        }
+        c.tick(n(1));
+    }
+    let t = c
+        .raft(n(1))
+        .progress(n(3))
+        .and_then(|pr| pr.snapshot.clone())
+        .expect("a transfer to node 3");
+    let offsets = |c: &Cluster| -> Vec<u64> {
+        c.node(n(1))
+            .chunk_reads
+            .iter()
+            .filter_map(|a| match a {
+                Action::ReadSnapshotChunk { offset, .. } => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(offsets(&c), vec![0], "the first chunk is being read");
+    let term = c.term(n(1));
+    let stuck = Message::InstallSnapshotResponse(InstallSnapshotResponse {
+        term,
+        snapshot_id: t.meta.id,
+        snapshot: t.meta.last_log_id,
+        outcome: SnapshotOutcome::Received { next_offset: 0 },
+    });
+    c.step(n(3), n(1), stuck.clone());
+    assert_eq!(
+        offsets(&c),
+        vec![0],
+        "one answer at offset 0: no resend yet"
+    );
+    c.step(n(3), n(1), stuck);
+    assert_eq!(offsets(&c), vec![0, 0], "the second: chunk 0 is read again");
+}
+
+#[test]
 fn paper_7_an_answer_about_another_snapshot_is_ignored() {
     // An answer counts only for the transfer it answers: same snapshot id and same
     // last log id. A late answer about an earlier snapshot rebuilt at the same index
