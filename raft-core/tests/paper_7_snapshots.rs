@@ -5,7 +5,7 @@ mod support;
 use raft_core::{Action, Config, ProgressState, Role};
 use raft_proto::{
     AppendResult, Bytes, HardState, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex,
-    Membership, Message, SnapshotMeta, SnapshotOutcome, Term,
+    Membership, Message, SnapshotMeta, SnapshotOutcome, Term, VoteRequest,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use support::{Cluster, Disk, TestNode, drain, n, sends};
@@ -543,6 +543,103 @@ fn paper_7_the_leader_resends_after_the_second_answer_that_does_not_advance() {
     );
     c.step(n(3), n(1), stuck);
     assert_eq!(offsets(&c), vec![0, 0], "the second: chunk 0 is read again");
+}
+
+#[test]
+fn paper_7_a_transfer_without_progress_rewinds_after_an_election_timeout() {
+    // Every answer from node 3 is lost, so the transfer makes no progress: the leader
+    // sends from the follower's last known offset again once more than an election
+    // timeout has passed, at the first heartbeat after it (heartbeats every 2 ticks,
+    // elections after 10: the chunk at offset 0 is read again 12 ticks later).
+    let mut c = Cluster::new_with(3, |cfg| {
+        small_snapshots(cfg);
+        cfg.heartbeat_ticks = 2;
+        cfg.snapshot_chunk_bytes = 4;
+        cfg.max_snapshot_chunks_in_flight = 1;
+    });
+    c.elect(n(1));
+    c.isolate(n(3));
+    propose_many(&mut c, 40);
+    c.heal();
+    c.in_flight.clear();
+    c.drop_if = Some(|from, _, m| from == n(3) && matches!(m, Message::InstallSnapshotResponse(_)));
+    c.nodes.get_mut(&n(1)).expect("node 1").slow_chunk_reads = true;
+    let mut reads_at_zero = Vec::new();
+    for tick in 1..=80u32 {
+        c.tick(n(1));
+        while let Some(Action::ReadSnapshotChunk { offset, .. }) = c.node(n(1)).chunk_reads.front()
+        {
+            if *offset == 0 {
+                reads_at_zero.push(tick);
+            }
+            c.read_chunks(n(1), 1);
+            c.settle();
+        }
+        if reads_at_zero.len() == 2 {
+            break;
+        }
+    }
+    let (election, heartbeat) = (10, 2);
+    let [first, second] = reads_at_zero[..] else {
+        panic!("chunk 0 read at ticks {reads_at_zero:?}");
+    };
+    assert!(
+        (election + 1..=election + heartbeat).contains(&(second - first)),
+        "chunk 0 read again {} ticks after the first time",
+        second - first
+    );
+}
+
+#[test]
+fn paper_7_a_follower_learns_its_leader_from_an_install_snapshot() {
+    // A follower that voted in a term but has not heard from its leader yet takes the
+    // sender of an InstallSnapshot of that term as its leader (as it would the sender
+    // of an AppendEntries): it then redirects clients there.
+    let mut c = Cluster::new(3);
+    c.raft_mut(n(2)).step(
+        n(1),
+        Message::VoteRequest(VoteRequest {
+            term: Term(1),
+            last_log_id: LogId::ZERO,
+            pre_vote: false,
+            transfer: false,
+        }),
+    );
+    c.process(n(2));
+    assert_eq!(c.raft(n(2)).status().leader, None);
+    c.step(n(1), n(2), chunk(1, (1, 100), 9, 0, b"abcd", false));
+    assert_eq!(c.role(n(2)), Role::Follower);
+    assert_eq!(c.raft(n(2)).status().leader, Some(n(1)));
+}
+
+#[test]
+fn paper_7_chunks_do_not_redraw_the_followers_election_timeout() {
+    // Like appends, InstallSnapshot chunks reset a follower's election timer, but its
+    // randomized timeout is drawn when it starts following the leader: the wait after
+    // the leader falls silent does not depend on how many chunks came before.
+    let waits: Vec<u32> = [1, 2, 5, 13]
+        .into_iter()
+        .map(|chunks| {
+            let mut c = Cluster::new(3);
+            c.elect(n(1));
+            let term = c.term(n(1)).0;
+            for k in 0..chunks {
+                c.raft_mut(n(2))
+                    .step(n(1), chunk(term, (term, 100), 9, 4 * k, b"abcd", false));
+                drain(c.raft_mut(n(2)));
+            }
+            (1..=100)
+                .find(|_| {
+                    c.raft_mut(n(2)).tick();
+                    c.role(n(2)) != Role::Follower
+                })
+                .expect("node 2 campaigns")
+        })
+        .collect();
+    assert!(
+        waits.iter().all(|&w| w == waits[0]),
+        "ticks to campaign after 1, 2, 5 and 13 chunks: {waits:?}"
+    );
 }
 
 #[test]

@@ -79,6 +79,34 @@ fn a_follower_that_lost_its_snapshot_keeps_acknowledging_and_gets_the_state_from
     assert_eq!(c.raft(n(3)).log().applied(), c.raft(n(1)).log().applied());
 }
 
+#[test]
+fn a_node_that_lost_its_state_asks_for_a_snapshot_once_per_election_timeout() {
+    // Its requests go out at a steady pace while no snapshot arrives (here every chunk
+    // to it is lost): one per election timeout, neither more often nor less.
+    let mut c = Cluster::new_with(3, small_snapshots);
+    c.elect(n(1));
+    propose_many(&mut c, 1, 0, 12);
+    c.restart_with_snapshot_lost(n(3));
+    c.drop_if = Some(|_, to, m| to == n(3) && matches!(m, Message::InstallSnapshot(_)));
+    let election = small_config().election_ticks;
+    let mut asked_at = Vec::new();
+    for tick in 1..=4 * election {
+        let before = requests_sent(&c, 3);
+        c.tick_all();
+        if requests_sent(&c, 3) > before {
+            asked_at.push(tick);
+        }
+    }
+    assert!(c.raft(n(3)).status().state_lost);
+    // The first request goes out as soon as it knows a leader (at start-up it has
+    // waited long enough), then one every election timeout.
+    assert!(asked_at.len() >= 3, "requests at ticks {asked_at:?}");
+    assert!(
+        asked_at.windows(2).all(|w| w[1] - w[0] == election),
+        "requests at ticks {asked_at:?}"
+    );
+}
+
 fn small_config() -> Config {
     let mut c = Config::new(n(1));
     small_snapshots(&mut c);
