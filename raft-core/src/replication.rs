@@ -9,8 +9,8 @@ use raft_proto::{
 };
 
 impl Raft {
-    /// Sends what each follower is due (new entries within its flow-control window, or
-    /// a heartbeat), then queues the leader's own write of the new entries.
+    /// Sends what each follower is due (entries within its window, a heartbeat, or the
+    /// start of a snapshot), then queues the leader's own write of the new entries.
     pub(crate) fn flush_leader(&mut self) {
         let RoleState::Leader(l) = &mut self.role else {
             return;
