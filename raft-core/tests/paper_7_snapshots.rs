@@ -4,11 +4,11 @@ mod support;
 
 use raft_core::{Action, Config, ProgressState, Role};
 use raft_proto::{
-    AppendResult, Bytes, HardState, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex,
-    Membership, Message, SnapshotMeta, SnapshotOutcome, Term, VoteRequest,
+    AppendResult, Bytes, InstallSnapshot, InstallSnapshotResponse, LogId, LogIndex, Membership,
+    Message, SnapshotMeta, SnapshotOutcome, Term, VoteRequest,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use support::{Cluster, Disk, TestNode, drain, n, sends};
+use support::{Cluster, drain, n, sends};
 
 /// Snapshots every 5 applied entries, 2 entries kept, 16-byte chunks, 2 in flight.
 fn small_snapshots(c: &mut Config) {
@@ -423,22 +423,7 @@ fn cluster_where_node_3_needs_a_snapshot_of(data: Vec<u8>, tune: impl Fn(&mut Co
     let mut c = Cluster::new_with(3, tune);
     let base = LogId::new(Term(3), LogIndex(5));
     for id in [n(1), n(2)] {
-        let config = c.node(id).config.clone();
-        let disk = Disk {
-            hard_state: HardState {
-                term: Term(3),
-                voted_for: None,
-            },
-            snapshot: SnapshotMeta {
-                last_log_id: base,
-                membership: Membership::voters(c.ids()),
-                id: 7,
-            },
-            snapshot_data: data.clone(),
-            purged: base,
-            entries: Vec::new(),
-        };
-        c.nodes.insert(id, TestNode::with_disk(config, disk));
+        c.restart_from_snapshot(id, 3, base, data.clone(), Vec::new());
     }
     c
 }
@@ -610,36 +595,6 @@ fn paper_7_a_follower_learns_its_leader_from_an_install_snapshot() {
     c.step(n(1), n(2), chunk(1, (1, 100), 9, 0, b"abcd", false));
     assert_eq!(c.role(n(2)), Role::Follower);
     assert_eq!(c.raft(n(2)).status().leader, Some(n(1)));
-}
-
-#[test]
-fn paper_7_chunks_do_not_redraw_the_followers_election_timeout() {
-    // Like appends, InstallSnapshot chunks reset a follower's election timer, but its
-    // randomized timeout is drawn when it starts following the leader: the wait after
-    // the leader falls silent does not depend on how many chunks came before.
-    let waits: Vec<u32> = [1, 2, 5, 13]
-        .into_iter()
-        .map(|chunks| {
-            let mut c = Cluster::new(3);
-            c.elect(n(1));
-            let term = c.term(n(1)).0;
-            for k in 0..chunks {
-                c.raft_mut(n(2))
-                    .step(n(1), chunk(term, (term, 100), 9, 4 * k, b"abcd", false));
-                drain(c.raft_mut(n(2)));
-            }
-            (1..=100)
-                .find(|_| {
-                    c.raft_mut(n(2)).tick();
-                    c.role(n(2)) != Role::Follower
-                })
-                .expect("node 2 campaigns")
-        })
-        .collect();
-    assert!(
-        waits.iter().all(|&w| w == waits[0]),
-        "ticks to campaign after 1, 2, 5 and 13 chunks: {waits:?}"
-    );
 }
 
 #[test]

@@ -4,8 +4,8 @@ mod support;
 
 use raft_core::{Action, Role};
 use raft_proto::{
-    AppendEntries, AppendResponse, AppendResult, HardState, LogId, LogIndex, Message, Term,
-    VoteRequest, VoteResponse,
+    AppendEntries, AppendResponse, AppendResult, Bytes, HardState, InstallSnapshot, LogId,
+    LogIndex, Membership, Message, SnapshotMeta, Term, VoteRequest, VoteResponse,
 };
 use support::{Cluster, drain, n, sends};
 
@@ -179,27 +179,52 @@ fn paper_5_2_election_timeouts_are_randomized() {
     assert!(seen.len() >= 5, "timeouts are not spread: {seen:?}");
 }
 
+/// A chunk of a snapshot at index 100 that node 1 sends in `term`.
+fn snapshot_chunk(term: u64, offset: u64) -> Message {
+    Message::InstallSnapshot(InstallSnapshot {
+        term: Term(term),
+        meta: SnapshotMeta {
+            last_log_id: LogId::new(Term(term), LogIndex(100)),
+            membership: Membership::voters([n(1), n(2), n(3)]),
+            id: 9,
+        },
+        offset,
+        data: Bytes::from("abcd"),
+        done: false,
+    })
+}
+
 #[test]
-fn paper_5_2_a_follower_draws_its_timeout_when_it_starts_following_not_per_append() {
+fn paper_5_2_a_follower_draws_its_timeout_when_it_starts_following_not_per_message() {
     // The randomized timeout is drawn when a server starts following a leader (or
-    // starts an election), as in raft-rs and etcd raft: how long a follower waits once
-    // its leader falls silent does not depend on how many appends it heard before.
-    let waits: Vec<u32> = [1, 2, 5, 13]
-        .into_iter()
-        .map(|appends| {
-            let mut c = Cluster::new(3);
-            c.elect(n(1));
-            let term = c.term(n(1)).0;
-            for _ in 0..appends {
-                c.raft_mut(n(2)).step(n(1), heartbeat(term));
-                drain(c.raft_mut(n(2)));
-            }
-            tick_until_campaign(&mut c, n(2))
-        })
+    // starts an election), as in raft-rs and etcd raft. Appends and snapshot chunks
+    // reset the election timer but draw nothing: how long a follower waits once its
+    // leader falls silent does not depend on how many messages it heard before.
+    let wait_after = |count: u64, message: fn(u64, u64) -> Message| {
+        let mut c = Cluster::new(3);
+        c.elect(n(1));
+        let term = c.term(n(1)).0;
+        for k in 0..count {
+            c.raft_mut(n(2)).step(n(1), message(term, k));
+            drain(c.raft_mut(n(2)));
+        }
+        tick_until_campaign(&mut c, n(2))
+    };
+    let counts = [1, 2, 5, 13];
+    let after_appends: Vec<u32> = counts
+        .iter()
+        .map(|&k| wait_after(k, |term, _| heartbeat(term)))
+        .collect();
+    let after_chunks: Vec<u32> = counts
+        .iter()
+        .map(|&k| wait_after(k, |term, k| snapshot_chunk(term, 4 * k)))
         .collect();
     assert!(
-        waits.iter().all(|&w| w == waits[0]),
-        "ticks to campaign after 1, 2, 5 and 13 appends: {waits:?}"
+        after_appends
+            .iter()
+            .chain(&after_chunks)
+            .all(|&w| w == after_appends[0]),
+        "ticks to campaign after 1, 2, 5 and 13 appends: {after_appends:?}, chunks: {after_chunks:?}"
     );
 }
 

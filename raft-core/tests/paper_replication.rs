@@ -5,10 +5,10 @@ mod support;
 
 use raft_core::{Action, Config, ProgressState, ProposeError, Role};
 use raft_proto::{
-    AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload,
-    HardState, LogId, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term,
+    AppendEntries, AppendResponse, AppendResult, Bytes, ConflictHint, Entry, EntryPayload, LogId,
+    LogIndex, Message, NodeId, Term,
 };
-use support::{Cluster, Disk, TestNode, drain, n, sends};
+use support::{Cluster, drain, n, sends};
 
 fn entry(term: u64, index: u64) -> Entry {
     Entry {
@@ -172,22 +172,7 @@ fn leader_whose_log_starts_after_a_term_3_snapshot() -> Cluster {
     let mut c = Cluster::new(3);
     let base = LogId::new(Term(3), LogIndex(5));
     for id in c.ids() {
-        let config = c.node(id).config.clone();
-        let disk = Disk {
-            hard_state: HardState {
-                term: Term(4),
-                voted_for: None,
-            },
-            snapshot: SnapshotMeta {
-                last_log_id: base,
-                membership: Membership::voters(c.ids()),
-                id: 7,
-            },
-            snapshot_data: Vec::new(),
-            purged: base,
-            entries: vec![entry(4, 6), entry(4, 7)],
-        };
-        c.nodes.insert(id, TestNode::with_disk(config, disk));
+        c.restart_from_snapshot(id, 4, base, Vec::new(), vec![entry(4, 6), entry(4, 7)]);
     }
     c.isolate(n(3));
     c.elect(n(1));

@@ -517,6 +517,37 @@ impl Cluster {
         self.in_flight.retain(|(_, to, _)| *to != id);
     }
 
+    /// Restarts `id` from a disk that holds only a snapshot at `base` (snapshot id 7,
+    /// bytes `data`: an encoded state, or nothing for an empty one), then `entries`,
+    /// with the stored term `term` and no vote; the snapshot's configuration is every
+    /// node of the cluster.
+    pub fn restart_from_snapshot(
+        &mut self,
+        id: NodeId,
+        term: u64,
+        base: LogId,
+        data: Vec<u8>,
+        entries: Vec<Entry>,
+    ) {
+        let config = self.node(id).config.clone();
+        let disk = Disk {
+            hard_state: HardState {
+                term: Term(term),
+                voted_for: None,
+            },
+            snapshot: SnapshotMeta {
+                last_log_id: base,
+                membership: Membership::voters(self.ids()),
+                id: 7,
+            },
+            snapshot_data: data,
+            purged: base,
+            entries,
+        };
+        self.nodes.insert(id, TestNode::with_disk(config, disk));
+        self.in_flight.retain(|(_, to, _)| *to != id);
+    }
+
     /// Restarts `id` as after a power cut that destroyed its snapshot file: the state
     /// machine comes back empty, while the log, the hard state and the log store's
     /// record of the snapshot the log continues survive. Returns how it resumed.
