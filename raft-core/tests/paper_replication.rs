@@ -35,6 +35,31 @@ fn only_response(c: &mut Cluster, id: NodeId) -> AppendResult {
     }
 }
 
+/// A follower's answer in `term`: the append whose prev index was `rejected` failed
+/// its consistency check, with `hint`.
+fn conflict(term: Term, rejected: LogIndex, hint: ConflictHint) -> Message {
+    Message::AppendResponse(AppendResponse {
+        term,
+        round: 0,
+        result: AppendResult::Conflict { rejected, hint },
+    })
+}
+
+/// Node 1 leads and node 2, cut off, misses four commands. Returns the leader's term,
+/// its last index and node 2's match index.
+fn node_2_misses_four_commands() -> (Cluster, Term, LogIndex, LogIndex) {
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.isolate(n(2));
+    for i in 0..4 {
+        c.propose(n(1), &format!("c{i}"));
+    }
+    let term = c.term(n(1));
+    let last = c.raft(n(1)).log().last_index();
+    let matched = c.raft(n(1)).progress(n(2)).expect("progress").match_index;
+    (c, term, last, matched)
+}
+
 fn terms(c: &Cluster, id: NodeId) -> Vec<u64> {
     c.raft(id)
         .log()
@@ -188,21 +213,11 @@ fn leader_whose_log_starts_after_a_term_3_snapshot() -> Cluster {
 /// Node 3 rejects the probe at prev 7: its entry there has `term`, whose first index
 /// in its log is `first_index`.
 fn reject_prev_7(c: &mut Cluster, term: u64, first_index: u64) {
-    c.raft_mut(n(1)).step(
-        n(3),
-        Message::AppendResponse(AppendResponse {
-            term: Term(5),
-            round: 0,
-            result: AppendResult::Conflict {
-                rejected: LogIndex(7),
-                hint: ConflictHint::Term {
-                    term: Term(term),
-                    first_index: LogIndex(first_index),
-                },
-            },
-        }),
-    );
-    c.process(n(1));
+    let hint = ConflictHint::Term {
+        term: Term(term),
+        first_index: LogIndex(first_index),
+    };
+    c.step(n(3), n(1), conflict(Term(5), LogIndex(7), hint));
 }
 
 #[test]
@@ -681,25 +696,12 @@ fn replication_stale_rejections_change_nothing() {
     // Answers arrive late and twice: a rejection of an append the leader has since
     // moved past must not reset the follower's progress.
     use raft_core::ProgressState::{Probe, Replicate};
-    let mut c = Cluster::new(3);
-    c.elect(n(1));
-    c.isolate(n(2));
-    for i in 0..4 {
-        c.propose(n(1), &format!("c{i}"));
-    }
-    let term = c.term(n(1));
-    let last = c.raft(n(1)).log().last_index().0;
-    let matched = c.raft(n(1)).progress(n(2)).expect("progress").match_index.0;
+    let (mut c, term, last, matched) = node_2_misses_four_commands();
+    let (last, matched) = (last.0, matched.0);
     assert!(matched + 4 <= last);
     let reject = |rejected: u64, follower_last: u64| {
-        Message::AppendResponse(AppendResponse {
-            term,
-            round: 0,
-            result: AppendResult::Conflict {
-                rejected: LogIndex(rejected),
-                hint: ConflictHint::LastIndex(LogIndex(follower_last)),
-            },
-        })
+        let hint = ConflictHint::LastIndex(LogIndex(follower_last));
+        conflict(term, LogIndex(rejected), hint)
     };
     let progress = |c: &Cluster| {
         let p = c.raft(n(1)).progress(n(2)).expect("progress");
@@ -721,29 +723,12 @@ fn replication_a_lost_probe_is_resent_with_entries_at_the_next_heartbeat() {
     // Probing sends one append at a time and waits; when that append is lost, the
     // next heartbeat allows another probe, carrying entries, rather than only an empty
     // append that would cost one more round trip.
-    let mut c = Cluster::new(3);
-    c.elect(n(1));
-    c.isolate(n(2));
-    for i in 0..4 {
-        c.propose(n(1), &format!("c{i}"));
-    }
-    let term = c.term(n(1));
-    let (last, matched) = (
-        c.raft(n(1)).log().last_index(),
-        c.raft(n(1)).progress(n(2)).expect("progress").match_index,
-    );
+    let (mut c, term, last, matched) = node_2_misses_four_commands();
     // Node 2 rejects, and the probe that follows is lost.
     c.step(
         n(2),
         n(1),
-        Message::AppendResponse(AppendResponse {
-            term,
-            round: 0,
-            result: AppendResult::Conflict {
-                rejected: last,
-                hint: ConflictHint::LastIndex(matched),
-            },
-        }),
+        conflict(term, last, ConflictHint::LastIndex(matched)),
     );
     c.settle();
     c.heal();
